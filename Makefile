@@ -1,0 +1,36 @@
+# NeuroMF — `make demo` and `make test` work on a fresh machine (they create .venv and install when needed).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch first, from the CPU build, only when none is installed (GPU users keep their own CUDA build)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@# data-only packages: real brain volumes (pydeface) and a pretrained 3D T1 network (deepbet); their
+	@# runtime dependencies are GUI/neuroimaging tools we do not use, hence --no-deps
+	$(PY) -m pip install -q --no-deps pydeface==2.1.0 deepbet==1.0.2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m neuromf.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check neuromf tests
+	$(PY) -m ruff format --check neuromf tests
+
+bench: $(STAMP)
+	$(PY) -m neuromf.bench $(BENCH_ARGS)
