@@ -1,0 +1,57 @@
+"""du/dt along the MeanFlow tangent (v~, 0, 1) in (z, r, t): exact (forward-mode AD) or finite difference.
+
+Both return u = u_theta(z_t, r, t) *with* its autograd graph (the term that is trained) and du/dt without one
+(it only enters the target through sg(.)). Shapes: z_t, v~, u, du/dt (B, C, D, H, W); r, t (B,).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+JVP_STRATEGIES = ("exact", "fd")
+
+
+def check_jvp_strategy(prediction_type: str, jvp: str) -> None:
+    """x-prediction with a finite-difference JVP is refused: u = (z - x_hat) / t divides the O(step) FD error by t
+    (and du/dt carries a 1/t^2 term), so the target error grows as O(1/t^2) near t = 0."""
+    if jvp not in JVP_STRATEGIES:
+        raise ValueError(f"loss.jvp={jvp!r}: expected one of {JVP_STRATEGIES}")
+    if prediction_type == "x" and jvp == "fd":
+        raise ValueError(
+            "model.prediction_type=x with loss.jvp=fd is refused: with x-prediction u = (z_t - x_hat)/t, so the "
+            "finite-difference error of du/dt grows as O(1/t^2) for small t and corrupts the MeanFlow target. "
+            "Use loss.jvp=exact with x-prediction, or model.prediction_type=u with loss.jvp=fd."
+        )
+
+
+def _unsqueeze(s: Tensor, like: Tensor) -> Tensor:
+    return s.view(-1, *([1] * (like.ndim - 1)))
+
+
+def jvp_exact(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor) -> Tensor:
+    """du/dt = d/ds u(z_t + s v~, r, t + s) at s = 0, by torch.func.jvp, no autograd graph kept."""
+    with torch.no_grad():
+        _, du_dt = torch.func.jvp(lambda z, tt: model(z, r, tt), (z_t, t), (v_tilde, torch.ones_like(t)))
+    return du_dt
+
+
+def jvp_fd(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, u: Tensor, step: float) -> Tensor:
+    """One-sided finite difference along (v~, 0, 1) with step `step` (backward where t + step > 1)."""
+    s = torch.where(t + step <= 1.0, torch.full_like(t, step), torch.full_like(t, -step))
+    with torch.no_grad():
+        u_shift = model(z_t + _unsqueeze(s, z_t) * v_tilde, r, t + s)
+    return (u_shift - u.detach()) / _unsqueeze(s, z_t)
+
+
+def time_derivative(
+    model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, strategy: str = "exact", fd_step: float = 1e-3
+) -> tuple[Tensor, Tensor]:
+    """(u with grad, du/dt detached) for the chosen strategy."""
+    if strategy == "exact":
+        du_dt = jvp_exact(model, z_t, r, t, v_tilde)
+        return model(z_t, r, t), du_dt
+    if strategy == "fd":
+        u = model(z_t, r, t)
+        return u, jvp_fd(model, z_t, r, t, v_tilde, u, fd_step)
+    raise ValueError(f"loss.jvp={strategy!r}: expected one of {JVP_STRATEGIES}")

@@ -1,0 +1,137 @@
+"""MeanFlow and improved-MeanFlow (iMF) objectives — all the maths in one place, in the papers' symbols.
+
+  z_t = (1 - t) x + t eps           v = eps - x (conditional velocity)          h = t - r
+  u = u_theta(z_t, r, t)            du/dt = JVP of u along the tangent (v~, 0, 1) in (z, r, t)
+  MeanFlow:  v~ = v,         u_tgt = sg(v - h du/dt),   Delta_u = u - u_tgt
+  iMF:       v~ = sg(v_hat), V = u + h sg(du/dt),       Delta_u = V - v,   Delta_v = v_hat - v
+  (the two Delta_u are the same expression; only the tangent differs, and iMF adds the v-head term)
+  per-sample distance d = sum_c lambda_c mean_voxels(|Delta_c|^p) / sum_c lambda_c
+  adaptive weight w = 1 / sg(d + norm_eps)^norm_p,  loss = mean_b(w d)  (one weight per term)
+Shapes: x, eps, z_t, u, v (B, C, D, H, W); r, t, h (B,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neuromf.meanflow.jvp import JVP_STRATEGIES, check_jvp_strategy, time_derivative
+from neuromf.meanflow.time_sampling import TimeSampler
+
+
+def _upcast(a: Tensor) -> Tensor:
+    """Half-precision tensors are reduced in float32; float32/float64 stay as they are."""
+    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
+
+
+def _bcast(s: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1, 1) to broadcast against `like`."""
+    return s.view(-1, *([1] * (like.ndim - 1)))
+
+
+def per_channel_distance(delta: Tensor, p: float, mask: Tensor | None = None) -> Tensor:
+    """Per-sample, per-channel mean of |delta|^p over voxels (masked mean when `mask` (B,1,...) is given): (B, C)."""
+    err = _upcast(delta).abs().pow(p)
+    if mask is None:
+        return err.flatten(2).mean(-1)
+    mask = mask.to(err.dtype).expand_as(err)
+    return (err * mask).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1.0)
+
+
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    return F.cosine_similarity(_upcast(a).flatten(1), _upcast(b).flatten(1), dim=1).mean()
+
+
+@dataclass
+class MeanFlowObjective:
+    """Builds z_t, takes du/dt and returns (loss, raw loss, diagnostics) for MeanFlow or iMF.
+
+    `use_v_head` comes from the network: with a v-head the objective is iMF, without it plain MeanFlow.
+    """
+
+    jvp: Literal["exact", "fd"] = "exact"
+    fd_step: float = 1e-3
+    p: float = 2.0
+    norm_p: float = 1.0
+    norm_eps: float = 0.01
+    channel_weights: list[float] | None = None
+    v_loss_weight: float = 1.0
+    time_sampler: TimeSampler = field(default_factory=TimeSampler)
+
+    def __post_init__(self):
+        if self.jvp not in JVP_STRATEGIES:
+            raise ValueError(f"loss.jvp={self.jvp!r}: expected one of {JVP_STRATEGIES}")
+        if isinstance(self.time_sampler, dict):
+            self.time_sampler = TimeSampler(**self.time_sampler)
+
+    def check_model(self, model) -> None:
+        """Refuse combinations that cannot train well (raises ValueError naming the keys)."""
+        check_jvp_strategy(model.prediction_type, self.jvp)
+
+    def adaptive_loss(self, delta: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Adaptively weighted loss of one term. Returns (weighted loss (), per-sample d (B,), per-channel (B, C))."""
+        per_ch = per_channel_distance(delta, self.p, mask)
+        lam = torch.ones(per_ch.shape[1], device=per_ch.device) if self.channel_weights is None else (
+            torch.as_tensor(self.channel_weights, dtype=per_ch.dtype, device=per_ch.device))
+        if lam.numel() != per_ch.shape[1]:
+            raise ValueError(f"loss.channel_weights has {lam.numel()} entries but latents have {per_ch.shape[1]} channels")
+        d = (per_ch * lam).sum(1) / lam.sum()
+        w = 1.0 / (d.detach() + self.norm_eps).pow(self.norm_p)
+        return (w * d).mean(), d, per_ch
+
+    def __call__(
+        self,
+        model,
+        x: Tensor,
+        eps: Tensor | None = None,
+        r: Tensor | None = None,
+        t: Tensor | None = None,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One training objective evaluation. Returns (loss to backprop, diagnostics with detached scalars)."""
+        b = x.shape[0]
+        if eps is None:
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if r is None or t is None:
+            r, t = self.time_sampler(b, x.device, generator)
+        r, t = r.to(x.dtype), t.to(x.dtype)
+        h = t - r
+        z_t = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
+        v = eps - x
+
+        imf = getattr(model, "use_v_head", False)
+        v_hat = model.v(z_t, t) if imf else None
+        v_tilde = v_hat.detach() if imf else v  # tangent along z
+        u, du_dt = time_derivative(model, z_t, r, t, v_tilde, strategy=self.jvp, fd_step=self.fd_step)
+        u_tgt = (v - _bcast(h, x) * du_dt).detach()  # sg(v - h du/dt)
+        delta_u = u - u_tgt  # == V - v with V = u + h sg(du/dt)
+        loss_u, d_u, per_ch = self.adaptive_loss(delta_u, mask)
+        loss, raw = loss_u, d_u
+        diag: dict[str, Tensor] = {}
+        if imf:
+            loss_v, d_v, _ = self.adaptive_loss(v_hat - v, mask)
+            loss = loss_u + self.v_loss_weight * loss_v
+            raw = d_u + self.v_loss_weight * d_v
+            diag["loss_v"] = d_v.mean()
+            diag["cos_vhat_v"] = _cosine(v_hat.detach(), v)
+        with torch.no_grad():
+            V = u.detach() + _bcast(h, x) * du_dt
+            fm = r == t
+            diag.update(
+                loss=loss.detach(),
+                loss_raw=raw.mean().detach(),
+                loss_u=d_u.mean().detach(),
+                jvp_norm=_upcast(du_dt).flatten(1).pow(2).mean(1).sqrt().mean(),
+                cos_V_v=_cosine(V, v),
+                fm_fraction=fm.float().mean(),
+                loss_u_fm=d_u[fm].mean().detach() if fm.any() else torch.tensor(float("nan")),
+                loss_u_mf=d_u[~fm].mean().detach() if (~fm).any() else torch.tensor(float("nan")),
+            )
+            for c, value in enumerate(per_ch.mean(0)):
+                diag[f"loss_ch{c}"] = value.detach()
+        return loss, diag
