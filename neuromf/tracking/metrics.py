@@ -1,0 +1,202 @@
+"""Read finished (or crashed) run dirs and sweep dirs back into Python objects.
+
+A run dir is Hydra's output dir of one training run: ``.hydra/overrides.yaml``, ``.hydra/config.yaml``,
+``metrics.csv`` (Lightning CSVLogger: sparse rows with columns ``step``, ``epoch`` and one column per metric,
+empty where a metric was not logged on that row) and ``status.json``. A sweep dir holds one run dir per job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+DEFAULT_OBJECTIVE = "val/swd"
+SEED_KEYS = ("seed",)  # override keys that identify a replicate, not an ablation arm
+
+
+@dataclass
+class RunRecord:
+    """One run dir: its arm (overrides minus seed), status, objective and metric history."""
+
+    path: Path
+    overrides: list[str]
+    arm: dict[str, str]
+    seed: int | str | None
+    status: str
+    reason: str | None
+    objective_key: str
+    objective: float | None
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed with a finite objective (it counts in the arm statistics)."""
+        return self.status == "completed" and self.objective is not None and math.isfinite(self.objective)
+
+    def series(self, key: str) -> pd.Series:
+        """Values of ``key`` indexed by step (NaN rows dropped, last value kept per step)."""
+        if key not in self.metrics.columns or "step" not in self.metrics.columns:
+            return pd.Series(dtype=float)
+        df = self.metrics[["step", key]].dropna()
+        return df.groupby("step")[key].last().astype(float)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split one Hydra override ``[+|++|~]key=value`` into ``(key, value)``."""
+    if "=" not in text:
+        return text.lstrip("+~"), ""
+    key, value = text.split("=", 1)
+    return key.strip().lstrip("+~"), value.strip()
+
+
+def split_arm(overrides: list[str]) -> tuple[dict[str, str], str | None]:
+    """Return (arm dict without seed / hydra.* keys, seed value or None)."""
+    arm: dict[str, str] = {}
+    seed = None
+    for ov in overrides:
+        key, value = parse_override(str(ov))
+        if key in SEED_KEYS or key.endswith(".seed"):
+            seed = value
+        elif not key.startswith("hydra."):
+            arm[key] = value
+    return dict(sorted(arm.items())), seed
+
+
+def _read_yaml_list(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a YAML list of overrides, got {type(data).__name__}")
+    return [str(x) for x in data]
+
+
+def read_metrics_csv(path: Path) -> pd.DataFrame:
+    """Load a CSVLogger metrics.csv; empty cells become NaN. ValueError naming the file if unreadable."""
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except Exception as exc:  # pandas raises several parser error types
+        raise ValueError(f"{path}: cannot parse metrics.csv ({exc})") from exc
+    for col in df.columns:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def summarize(df: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
+    """Final (last logged) and best (minimum) value of every metric column."""
+    final, best = {}, {}
+    for col in df.columns:
+        if col in ("step", "epoch"):
+            continue
+        vals = df[col][np.isfinite(df[col])]
+        if len(vals):
+            final[col] = float(vals.iloc[-1])
+            best[col] = float(vals.min())
+    return final, best
+
+
+def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = "min") -> RunRecord:
+    """Read one run dir.
+
+    ``objective_key`` overrides the one in status.json; the objective is then the best logged value of
+    that metric (min, or max with ``mode="max"``).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run dir not found: {run_dir}")
+    overrides = _read_yaml_list(run_dir / ".hydra" / "overrides.yaml")
+    notes: list[str] = []
+    status_path = run_dir / "status.json"
+    status: dict = {}
+    if status_path.is_file():
+        try:
+            status = json.loads(status_path.read_text())
+        except json.JSONDecodeError as exc:
+            notes.append(f"status.json unreadable ({exc})")
+    if not overrides and status.get("overrides"):
+        overrides = [str(x) for x in status["overrides"]]
+    arm, seed = split_arm(overrides)
+
+    csv = run_dir / "metrics.csv"
+    df = read_metrics_csv(csv) if csv.is_file() else pd.DataFrame()
+    final, best = summarize(df) if len(df) else ({}, {})
+    state = status.get("status")
+    if not csv.is_file():
+        notes.append("no metrics.csv (crashed before the first logged step?)")
+        state = state if state in ("failed", "diverged", "running") else "failed"
+    elif state is None:
+        notes.append("no status.json")
+        state = "unknown"
+    if status.get("reason"):
+        notes.append(str(status["reason"]))
+
+    key = objective_key or status.get("objective_key") or DEFAULT_OBJECTIVE
+    objective = status.get("objective") if key == status.get("objective_key") else None
+    if objective is None and key in df.columns:
+        vals = df[key][np.isfinite(df[key])]
+        objective = (vals.max() if mode == "max" else vals.min()) if len(vals) else None
+    objective = None if objective is None else float(objective)
+    if state == "completed" and (objective is None or not math.isfinite(objective)):
+        notes.append(f"completed but no finite {key}")
+    return RunRecord(
+        path=run_dir,
+        overrides=overrides,
+        arm=arm,
+        seed=_maybe_int(seed),
+        status=str(state),
+        reason=status.get("reason"),
+        objective_key=key,
+        objective=objective,
+        final=final,
+        best=best,
+        metrics=df,
+        notes=notes,
+    )
+
+
+def _maybe_int(x: str | None) -> int | str | None:
+    try:
+        return int(x) if x is not None else None
+    except ValueError:
+        return x
+
+
+def find_run_dirs(sweep_dir: str | Path) -> list[Path]:
+    """Run dirs of a sweep: sub-directories (any depth <= 2) that contain ``.hydra/``, in natural order."""
+    sweep_dir = Path(sweep_dir)
+    found = [p.parent for p in sweep_dir.glob("*/.hydra")] + [p.parent for p in sweep_dir.glob("*/*/.hydra")]
+    found = [p for p in found if p.is_dir()]
+
+    def natural(p: Path):
+        rel = p.relative_to(sweep_dir).parts
+        return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in rel]
+
+    return sorted(set(found), key=natural)
+
+
+def load_sweep(sweep_dir: str | Path, objective_key: str | None = None, mode: str = "min") -> list[RunRecord]:
+    """All runs of a sweep dir. Raises FileNotFoundError naming the dir when it holds no run dirs."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir not found: {sweep_dir}")
+    run_dirs = find_run_dirs(sweep_dir)
+    if not run_dirs:
+        raise FileNotFoundError(
+            f"no runs in sweep dir {sweep_dir}: expected sub-directories containing .hydra/ "
+            "(Hydra multirun layout <sweep_dir>/<job_num>/.hydra)"
+        )
+    return [load_run(d, objective_key, mode) for d in run_dirs]

@@ -1,0 +1,162 @@
+"""Sweep reader and ablation report on a synthetic sweep dir with hand-computed answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from neuromf.report import build_report, main
+from neuromf.tracking.metrics import load_run, load_sweep
+
+# arm -> seed -> best val/swd; final train/loss_raw is 10 * best (see make_run)
+ARMS = {"u": {0: 0.10, 1: 0.12, 2: 0.14}, "x": {0: 0.20, 1: 0.25, 2: 0.30}}
+
+
+def make_run(run_dir, pred, seed, best_swd, status="completed", with_metrics=True, with_status=True):
+    """Write a run dir: overrides.yaml, sparse metrics.csv (train rows each step, val rows every 2 steps)."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    overrides = [f"model.prediction_type={pred}", "loss.norm_p=1.0", f"seed={seed}"]
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run_dir / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+    if with_metrics:
+        lines = ["step,epoch,train/loss_raw,val/swd"]
+        swd = [best_swd + 0.3, best_swd + 0.1, best_swd, best_swd + 0.05]  # min at step 4, last != min
+        for step in range(7):
+            loss = "nan" if status == "diverged" and step >= 5 else f"{10 * best_swd + (6 - step) * 0.5}"
+            lines.append(f"{step},0,{loss},")
+            if step % 2 == 0:
+                lines.append(f"{step},0,,{swd[step // 2]}")
+        (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if with_status:
+        st = {
+            "status": status,
+            "reason": "loss is NaN at step 5" if status == "diverged" else None,
+            "objective_key": "val/swd",
+            "objective": best_swd if status == "completed" else None,
+            "global_step": 6,
+            "overrides": overrides,
+            "wandb_run_id": None,
+        }
+        (run_dir / "status.json").write_text(json.dumps(st))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    sd = tmp_path / "sweep"
+    job = 0
+    for pred, seeds in ARMS.items():
+        for seed, best in seeds.items():
+            make_run(sd / str(job), pred, seed, best)
+            job += 1
+    make_run(sd / str(job), "x", 3, 0.01, status="diverged")  # would be the best if it were counted
+    make_run(sd / str(job + 1), "u", 3, 0.0, with_metrics=False, with_status=False)  # crashed at start
+    (sd / "multirun.yaml").write_text("{}\n")
+    return sd
+
+
+def test_load_run_reads_sparse_csv(sweep):
+    r = load_run(sweep / "0")
+    assert r.arm == {"loss.norm_p": "1.0", "model.prediction_type": "u"}
+    assert r.seed == 0 and r.status == "completed" and r.ok
+    assert r.best["val/swd"] == pytest.approx(0.10)
+    assert r.final["val/swd"] == pytest.approx(0.15)  # last logged val row, not the last csv row
+    assert r.final["train/loss_raw"] == pytest.approx(1.0)
+    assert list(r.series("val/swd").index) == [0, 2, 4, 6]
+
+
+def test_load_sweep_marks_crashed_and_diverged(sweep):
+    recs = load_sweep(sweep)
+    assert [r.path.name for r in recs] == [str(i) for i in range(8)]  # natural order, report dirs ignored
+    crashed = recs[7]
+    assert crashed.status == "failed" and not crashed.ok
+    assert any("no metrics.csv" in n for n in crashed.notes)
+    assert recs[6].status == "diverged" and not recs[6].ok and "NaN" in recs[6].reason
+
+
+def test_objective_recomputed_from_metrics(sweep):
+    # an objective key other than status.json's: best (min) of that column in metrics.csv
+    r = load_run(sweep / "1", objective_key="train/loss_raw")
+    assert r.objective == pytest.approx(10 * 0.12)
+    assert load_run(sweep / "1", "train/loss_raw", mode="max").objective == pytest.approx(1.2 + 6 * 0.5)
+
+
+def test_bad_overrides_file_named(sweep):
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text("a: [1\n")
+    with pytest.raises(ValueError, match="0/.hydra/overrides.yaml"):
+        load_run(sweep / "0")
+
+
+def test_report_stats_ranking_and_files(sweep, tmp_path):
+    res = build_report([sweep])
+    arms = res["arms"].set_index("arm")
+    u, x = "model.prediction_type=u", "model.prediction_type=x"  # loss.norm_p is constant: not in label
+    assert list(res["arms"]["arm"]) == [u, x]
+    assert list(res["arms"]["rank"]) == [1, 2]
+    # hand-computed: u: 0.10, 0.12, 0.14 -> mean 0.12, sample std 0.02; x: 0.20, 0.25, 0.30 -> 0.25, 0.05
+    assert arms.loc[u, "objective mean"] == pytest.approx(0.12)
+    assert arms.loc[u, "objective std"] == pytest.approx(0.02)
+    assert arms.loc[x, "objective mean"] == pytest.approx(0.25)
+    assert arms.loc[x, "objective std"] == pytest.approx(0.05)
+    assert arms.loc[u, "final train/loss_raw mean"] == pytest.approx(1.2)
+    assert arms.loc[x, "final train/loss_raw std"] == pytest.approx(0.5)
+    # failed / diverged runs excluded from n and marked
+    assert (
+        arms.loc[u, "n"] == 3 and arms.loc[u, "n_runs"] == 4 and "seed 3: failed" in arms.loc[u, "excluded"]
+    )
+    assert arms.loc[x, "n"] == 3 and "seed 3: diverged" in arms.loc[x, "excluded"]
+    # Welch t-test vs best arm, from the textbook formula
+    va, vb = 0.02**2 / 3, 0.05**2 / 3
+    t = 0.13 / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert arms.loc[x, "diff vs best"] == pytest.approx(0.13)
+    assert arms.loc[x, "p vs best"] == pytest.approx(2 * stats.t.sf(t, df), rel=1e-6)
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert arms.loc[x, "ci low"] == pytest.approx(0.13 - half, rel=1e-6)
+    assert np.isnan(arms.loc[u, "p vs best"])
+
+    out = sweep / "report"
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for text in (md, page):
+        assert u in text and x in text and "diverged" in text and "failed" in text
+    assert "0.12 ± 0.02" in md and "0.25 ± 0.05" in md
+    assert page.count("data:image/png;base64,") == 3 and 'src="curve' not in page
+    assert (out / "curve_val_swd.png").is_file() and (out / "objective_by_arm.png").is_file()
+
+
+def test_report_never_overwrites(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    first = (sweep / "report" / "report.md").read_text()
+    assert main([str(sweep), "--metric", "train/loss_raw"]) == 0
+    prev = [p for p in sweep.iterdir() if p.name.startswith("report.prev-")]
+    assert len(prev) == 1 and (prev[0] / "report.md").read_text() == first
+    assert "`train/loss_raw`" in (sweep / "report" / "report.md").read_text()
+    assert "wrote" in capsys.readouterr().out
+    assert not [p for p in sweep.iterdir() if ".tmp-" in p.name]
+
+
+def test_report_across_sweeps(sweep, tmp_path):
+    other = tmp_path / "sweep2"
+    make_run(other / "0", "u", 0, 0.5)
+    make_run(other / "1", "u", 1, 0.7)
+    res = build_report([sweep, other], out=tmp_path / "cmp")
+    arms = res["arms"].set_index("arm")
+    assert arms.loc["sweep2: model.prediction_type=u", "objective mean"] == pytest.approx(0.6)
+    assert arms.loc["sweep: model.prediction_type=u", "n"] == 3
+    assert res["arms"]["arm"].iloc[-1] == "sweep2: model.prediction_type=u"
+    assert (tmp_path / "cmp" / "report.html").is_file()
+
+
+def test_bad_sweep_dir_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "0").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=str(empty)):
+        load_sweep(empty)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_sweep(tmp_path / "missing")
+    assert main([str(empty)]) == 2
+    assert "no runs in sweep dir" in capsys.readouterr().err
+    assert not (empty / "report").exists()
