@@ -1,0 +1,296 @@
+"""LatentDataModule: latent store -> stratified subject-level train/val/test loaders of (B,C,D,H,W)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from neuromf.data.augmentation import build_augmentation, validate_config
+from neuromf.data.io import DataError
+from neuromf.data.split import SPLIT_NAMES, load_split, resolve_ratios, save_split, stratified_split
+from neuromf.data.store import LatentStore, parse_shape
+
+log = logging.getLogger(__name__)
+
+
+class LatentDataset(Dataset):
+    """Items: one latent (C, D, H, W) float32, already normalised; ``transform`` applied on access.
+    Picklable (holds no reference to the datamodule/trainer), so it works with worker processes."""
+
+    def __init__(self, subjects: list[str], load: Callable[[str], torch.Tensor], transform=None):
+        self.subjects = list(subjects)
+        self.load = load
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        z = self.load(self.subjects[i])
+        return self.transform(z) if self.transform is not None else z
+
+
+class _NormalisedLoader:
+    """subject -> normalised latent (C, D, H, W), from the in-memory cache or from disk."""
+
+    def __init__(
+        self,
+        root: Path,
+        files: dict[str, str],
+        shape,
+        mean,
+        std,
+        normalize: bool,
+        scale: float,
+        cache: dict[str, torch.Tensor],
+    ):
+        self.root, self.files, self.shape = Path(root), files, tuple(shape)
+        self.mean, self.std = mean.view(-1, 1, 1, 1), std.view(-1, 1, 1, 1)
+        self.normalize, self.scale, self.cache = normalize, scale, cache
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std if self.normalize else z * self.scale
+
+    def __call__(self, subject: str) -> torch.Tensor:
+        if subject in self.cache:
+            return self.cache[subject]
+        from neuromf.data.store import read_latent
+
+        path = self.root / self.files[subject]
+        z, _ = read_latent(path)
+        if tuple(z.shape) != self.shape:
+            raise DataError(f"{path}: shape {tuple(z.shape)} != {self.shape}")
+        return self.normalise(z)
+
+
+def _available_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+class LatentDataModule(pl.LightningDataModule):
+    """Reads ``<latent_dir>/manifest.csv`` + ``stats.json``; see the shared data API for the contract.
+
+    split: (train, val, test) fractions, stratified by dataset x diagnosis, deterministic in ``seed``;
+    split_ratio: legacy 2-way train fraction (0.9 -> 90/10/0), wins over ``split`` when given.
+    normalize: True -> (z - channel_mean) / channel_std; False -> z * stats["encoder"]["scale_factor"].
+    """
+
+    def __init__(
+        self,
+        latent_dir: str | None = None,
+        demo_variant: str = "small",
+        batch_size: int = 4,
+        split: Sequence[float] = (0.85, 0.10, 0.05),
+        split_ratio: float | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        cache_in_memory: bool = True,
+        normalize: bool = True,
+        augmentation: dict | None = None,
+        run_dir: str | None = None,
+        expected_channels: int | None = None,
+        expected_shape: Sequence[int] | None = None,
+        cache_max_fraction: float = 0.5,
+    ):
+        super().__init__()
+        self.latent_dir = Path(latent_dir) if latent_dir else None
+        self.demo_variant = demo_variant
+        self.batch_size = int(batch_size)
+        if split_ratio is not None:
+            log.warning("split_ratio is the legacy 2-way split; use split=(train, val, test) instead")
+        self.ratios = resolve_ratios(split, split_ratio)
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.cache_in_memory = bool(cache_in_memory)
+        self.normalize = bool(normalize)
+        self.augmentation_cfg = validate_config(dict(augmentation) if augmentation else None)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.expected_channels = expected_channels
+        self.expected_shape = tuple(int(s) for s in expected_shape) if expected_shape is not None else None
+        self.cache_max_fraction = float(cache_max_fraction)
+        self._ready = False
+        self._encoders: dict = {}
+
+    # ------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:
+        if self.latent_dir is None:
+            from neuromf.data.demo import ensure_demo
+
+            ensure_demo(self.demo_variant)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        if self.latent_dir is None:
+            from neuromf.data.demo import ensure_demo
+
+            self.latent_dir = ensure_demo(self.demo_variant)
+        self.store = LatentStore(self.latent_dir)
+        self.stats = self.store.stats
+        self._check_shapes()
+        self.splits = self._make_split()
+        c = self.num_channels
+        mean = torch.tensor(self.stats["channel_mean"], dtype=torch.float32)
+        std = torch.tensor(self.stats["channel_std"], dtype=torch.float32)
+        if mean.numel() != c or std.numel() != c:
+            raise DataError(f"{self.latent_dir}/stats.json: channel_mean/channel_std must have {c} values")
+        self.channel_mean, self.channel_std = mean, std
+        self.scale_factor = float(self.stats["encoder"].get("scale_factor", 1.0))
+        if self.normalize and bool((std <= 0).any()):
+            raise DataError(f"{self.latent_dir}/stats.json: channel_std has zeros, cannot normalise")
+        # per-channel std of what the loaders yield: the augmentation noise is calibrated to it
+        out_std = torch.ones(c) if self.normalize else std * self.scale_factor
+        self.augmentation = build_augmentation(self.augmentation_cfg, out_std)
+        files = {r["subject"]: r["latent_file"] for r in self.store.rows}
+        self._load = _NormalisedLoader(
+            self.latent_dir, files, self.latent_shape, mean, std, self.normalize, self.scale_factor, {}
+        )
+        self.cached = False
+        if self.cache_in_memory:
+            subjects = [s for k in SPLIT_NAMES for s in self.splits[k]]
+            nbytes = len(subjects) * int(np.prod(self.latent_shape)) * 4
+            if nbytes <= self.cache_max_fraction * _available_memory_bytes():
+                self._load.cache.update({s: self._load(s) for s in subjects})
+                self.cached = True
+            else:
+                log.warning("latents (%.1f GB) do not fit in memory; reading from disk", nbytes / 2**30)
+        self._ready = True
+
+    def _check_shapes(self) -> None:
+        shape = tuple(int(s) for s in self.stats["shape"])
+        if len(shape) != 4:
+            raise DataError(f"{self.latent_dir}/stats.json: shape must be [C, D, H, W], got {list(shape)}")
+        bad = [r["subject"] for r in self.store.rows if parse_shape(r["shape"]) != shape]
+        if bad:
+            raise DataError(
+                f"{self.latent_dir}/manifest.csv: subjects {bad[:5]} have a shape other than {shape}"
+            )
+        if self.expected_channels is not None and int(self.expected_channels) != shape[0]:
+            raise DataError(
+                f"{self.latent_dir}: latents have {shape[0]} channels but the model expects "
+                f"{self.expected_channels} "
+                f"(encoder {self.stats['encoder'].get('name')!r}); set the model's in/out channels to "
+                f"{shape[0]} "
+                "or use a latent store made with the matching encoder"
+            )
+        if self.expected_shape is not None:
+            exp = self.expected_shape
+            got = shape if len(exp) == 4 else shape[1:]
+            if tuple(exp) != tuple(got):
+                raise DataError(
+                    f"{self.latent_dir}: latent shape {list(got)} does not match the model's expected "
+                    f"shape {list(exp)}"
+                )
+        self.num_channels = shape[0]
+        self.latent_shape = shape
+
+    def _make_split(self) -> dict[str, list[str]]:
+        path = self.run_dir / "split.json" if self.run_dir else None
+        if path is not None and path.is_file():
+            split = load_split(path, self.store.subjects)
+            unused = set(self.store.subjects) - {s for k in SPLIT_NAMES for s in split[k]}
+            if unused:
+                log.warning(
+                    "%s: %d manifest subjects are not in the saved split and are not used", path, len(unused)
+                )
+            return split
+        split = stratified_split(self.store.rows, self.ratios, self.seed)
+        if path is not None:
+            save_split(path, split, self.ratios, self.seed)
+        return split
+
+    # ------------------------------------------------------------------ loading
+    def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder space -> model space; z (C,D,H,W) or (B,C,D,H,W)."""
+        if not self.normalize:
+            return z * self.scale_factor
+        shape = (-1, 1, 1, 1)
+        return (z - self.channel_mean.to(z).view(shape)) / self.channel_std.to(z).view(shape)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Model space -> encoder space; z (C,D,H,W) or (B,C,D,H,W)."""
+        if not self.normalize:
+            return z / self.scale_factor
+        shape = (-1, 1, 1, 1)
+        return z * self.channel_std.to(z).view(shape) + self.channel_mean.to(z).view(shape)
+
+    def dataset(self, name: str) -> LatentDataset:
+        self.setup()
+        transform = self.augmentation if name == "train" else None
+        return LatentDataset(self.splits[name], self._load, transform)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset(name)
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=gen,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def val_latents(self) -> torch.Tensor:
+        """All validation latents (N, C, D, H, W), normalised (reference set for distribution metrics)."""
+        self.setup()
+        if not self.splits["val"]:
+            return torch.empty((0, *self.latent_shape))
+        return torch.stack([self._load(s) for s in self.splits["val"]])
+
+    # ------------------------------------------------------------------ decoding
+    def encoder(self, device: str | torch.device = "cpu"):
+        from neuromf.data.encoders import build_encoder
+
+        key = str(device)
+        if key not in self._encoders:
+            self._encoders[key] = build_encoder(self.stats["encoder"], device=key)
+        return self._encoders[key]
+
+    @property
+    def reference_subject(self) -> str:
+        self.setup()
+        return (self.splits["train"] or self.store.subjects)[0]
+
+    def reference_affine(self) -> np.ndarray:
+        return self.store.load(self.reference_subject)[1]
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, C, D, H, W) normalised -> images (B, 1, X, Y, Z) via the store's encoder (on z's device)."""
+        self.setup()
+        if z.ndim != 5 or tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"decode: expected (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}"
+            )
+        return self.encoder(z.device).decode(self.denormalize(z.float()))
+
+    def save_sample(self, z: torch.Tensor, out_stem: str | Path) -> tuple[Path, Path]:
+        """z (C, D, H, W) normalised -> <out_stem>.nii.gz (reference subject's affine) + <out_stem>.png."""
+        from neuromf.data.decode import save_decoded
+
+        self.setup()
+        z = self.denormalize(z.detach().float().cpu())
+        return save_decoded(
+            z, self.encoder("cpu"), self.reference_affine(), out_stem, title=Path(out_stem).name
+        )
