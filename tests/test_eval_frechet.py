@@ -1,0 +1,41 @@
+"""Frechet distance (MONAI FIDMetric / compute_frechet_distance): known answers."""
+
+import pytest
+import torch
+
+from neuromf.evaluation.frechet import feature_stats, fid_from_features, frechet_distance
+
+
+def test_identical_features_give_zero():
+    f = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    assert fid_from_features(f, f.clone()) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(feature_stats(f), feature_stats(f)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_two_gaussians_closed_form():
+    # N(mu1, diag(s1^2)) vs N(mu2, diag(s2^2)): |mu1-mu2|^2 + sum (s1 - s2)^2 (commuting covariances)
+    g = torch.Generator().manual_seed(1)
+    n, d = 20000, 4
+    mu1, mu2 = torch.tensor([0.0, 1.0, -1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0, -1.0])
+    s1, s2 = torch.tensor([1.0, 2.0, 0.5, 1.0]), torch.tensor([1.0, 1.0, 1.5, 3.0])
+    a = mu1 + s1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = mu2 + s2 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    expected = ((mu1 - mu2) ** 2).sum() + ((s1 - s2) ** 2).sum()
+    assert fid_from_features(a, b) == pytest.approx(expected.item(), rel=0.03)
+    assert frechet_distance(feature_stats(a), feature_stats(b)) == pytest.approx(
+        fid_from_features(a, b), rel=1e-6
+    )
+
+
+def test_rank_deficient_covariances_still_finite():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(6, 32, generator=g), torch.randn(6, 32, generator=g) + 3.0
+    d = frechet_distance(feature_stats(a), feature_stats(b))
+    assert d > 32 * 9 * 0.5  # the mean term alone is ~ 288
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="at least 2"):
+        feature_stats(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        frechet_distance(feature_stats(torch.randn(5, 3)), feature_stats(torch.randn(5, 4)))
