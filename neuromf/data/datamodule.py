@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from neuromf.data.augmentation import build_augmentation, validate_config
 from neuromf.data.io import DataError
@@ -35,6 +35,20 @@ class LatentDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         z = self.load(self.subjects[i])
         return self.transform(z) if self.transform is not None else z
+
+
+class EpochRandomSampler(RandomSampler):
+    """Shuffles with a generator re-seeded from (seed, epoch): Lightning calls set_epoch each epoch, so a run
+    resumed from a checkpoint sees the same order as one trained straight through. Under DDP Lightning swaps
+    it for a DistributedSampler, as for any RandomSampler."""
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + int(epoch))
 
 
 class _NormalisedLoader:
@@ -231,14 +245,12 @@ class LatentDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(name)
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochRandomSampler(ds, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=gen,
             drop_last=False,
         )
 

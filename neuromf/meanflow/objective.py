@@ -12,6 +12,7 @@ Shapes: x, eps, z_t, u, v (B, C, D, H, W); r, t, h (B,).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,7 +54,7 @@ class MeanFlowObjective:
     `use_v_head` comes from the network: with a v-head the objective is iMF, without it plain MeanFlow.
     """
 
-    jvp: Literal["exact", "fd"] = "exact"
+    jvp: Literal["exact", "fd", "exact_fused"] = "exact"
     fd_step: float = 1e-3
     p: float = 2.0
     norm_p: float = 1.0
@@ -61,6 +62,8 @@ class MeanFlowObjective:
     channel_weights: list[float] | None = None
     v_loss_weight: float = 1.0
     time_sampler: TimeSampler = field(default_factory=TimeSampler)
+    # optional drop-in for time_derivative (e.g. neuromf.models.compile_utils.compiled_time_derivative)
+    derivative_fn: Callable | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.jvp not in JVP_STRATEGIES:
@@ -107,7 +110,8 @@ class MeanFlowObjective:
         imf = getattr(model, "use_v_head", False)
         v_hat = model.v(z_t, t) if imf else None
         v_tilde = v_hat.detach() if imf else v  # tangent along z
-        u, du_dt = time_derivative(model, z_t, r, t, v_tilde, strategy=self.jvp, fd_step=self.fd_step)
+        derivative = self.derivative_fn or time_derivative
+        u, du_dt = derivative(model, z_t, r, t, v_tilde, strategy=self.jvp, fd_step=self.fd_step)
         u_tgt = (v - _bcast(h, x) * du_dt).detach()  # sg(v - h du/dt)
         delta_u = u - u_tgt  # == V - v with V = u + h sg(du/dt)
         loss_u, d_u, per_ch = self.adaptive_loss(delta_u, mask)
@@ -117,7 +121,7 @@ class MeanFlowObjective:
             loss_v, d_v, _ = self.adaptive_loss(v_hat - v, mask)
             loss = loss_u + self.v_loss_weight * loss_v
             raw = d_u + self.v_loss_weight * d_v
-            diag["loss_v"] = d_v.mean()
+            diag["loss_v"] = d_v.mean().detach()
             diag["cos_vhat_v"] = _cosine(v_hat.detach(), v)
         with torch.no_grad():
             V = u.detach() + _bcast(h, x) * du_dt

@@ -1,0 +1,87 @@
+"""`python -m neuromf.sample CKPT [--n 4] [--nfe 1] [--seed 0] [--out DIR] [--no-ema]`: checkpoint -> samples.
+
+Writes latents (samples.pt, normalised space), decoded NIfTI and tri-planar PNG previews, and prints where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from neuromf.meanflow import noise_like, sample
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, not a NeuroMF checkpoint, or does not match its own model config."""
+
+
+def load_network(ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the MeanFlowUNet from the checkpoint's hyper-parameters and load its (EMA) weights.
+
+    Loaded with weights_only=True: a checkpoint holding arbitrary Python objects is refused."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({err})") from err
+    hparams = ckpt.get("hyper_parameters", {})
+    if "model" not in hparams or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a NeuroMF checkpoint (no hyper_parameters.model / state_dict)")
+    # EMAWeightAveraging stores the EMA weights as state_dict and the trained ones as current_model_state
+    key = "state_dict" if use_ema or "current_model_state" not in ckpt else "current_model_state"
+    if use_ema and "current_model_state" not in ckpt:
+        print(f"note: {path} has no EMA weights; using the trained weights", file=sys.stderr)
+    weights = {k[len("net."):]: v for k, v in ckpt[key].items() if k.startswith("net.")}
+    try:
+        net = instantiate(hparams["model"], _convert_="all")
+        net.load_state_dict(weights, strict=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: weights do not match the model config stored in it: {err}") from err
+    return net.to(device).eval(), hparams
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m neuromf.sample", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="a .ckpt written by python -m neuromf.train (e.g. <run>/checkpoints/last.ckpt)")
+    ap.add_argument("--n", type=int, default=4, help="number of samples (default 4)")
+    ap.add_argument("--nfe", type=int, default=1, help="sampling steps: 1 = one-step, >1 = Euler (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed (same seed -> same samples)")
+    ap.add_argument("--out", default=None, help="output dir (default <run>/samples/cli_nfe<N>_seed<S>)")
+    ap.add_argument("--no-ema", action="store_true", help="use the trained instead of the EMA weights")
+    ap.add_argument("--latent-dir", default=None, help="latent store to decode with (default: the training one)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    try:
+        net, hparams = load_network(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from neuromf.data import LatentDataModule
+
+    data = {k: v for k, v in (hparams.get("data") or {}).items() if k not in ("_target_", "mask_ratio")}
+    if args.latent_dir:
+        data["latent_dir"] = args.latent_dir
+    dm = LatentDataModule(**data)
+    dm.setup()
+    ckpt = Path(args.checkpoint).resolve()
+    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"cli_nfe{args.nfe}_seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    eps = noise_like((args.n, *dm.latent_shape), args.seed, device=args.device)
+    z = sample(net, eps, nfe=args.nfe).float().cpu()
+    torch.save(z, out / "samples.pt")
+    for i in range(args.n):
+        dm.save_sample(z[i], out / f"sample_{i:02d}")
+    print(f"wrote {args.n} samples (nfe={args.nfe}, seed={args.seed}, {'EMA' if not args.no_ema else 'trained'} "
+          f"weights) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

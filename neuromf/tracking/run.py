@@ -1,0 +1,58 @@
+"""Run-dir bookkeeping: status.json, a W&B run id that survives requeues, the flat secret-free config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+SECRET = re.compile(r"(^|_)(api_?key|key|token|password|passwd|secret)s?$", re.IGNORECASE)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON to `path` via a temp file + os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> dict:
+    path = Path(run_dir) / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_status(run_dir: Path, **fields: Any) -> dict:
+    """Merge `fields` into <run_dir>/status.json and return the new status."""
+    status = {**read_status(run_dir), **fields}
+    write_json_atomic(Path(run_dir) / "status.json", status)
+    return status
+
+
+def stable_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run dir: created once, re-read after a requeue so the W&B run resumes."""
+    path = Path(run_dir) / "wandb_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id)
+    return run_id
+
+
+def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'lr': 1}} -> {'model.lr': 1}, dropping keys that look like secrets (api keys, tokens, ...)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if SECRET.search(str(key)):
+            continue
+        if isinstance(value, dict):
+            out.update(flat_config(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,42 @@
+"""The W&B logger of a run: offline unless an API key is available, one run id per run dir (requeues resume it),
+grouped by sweep, tagged with the overridden keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+def wandb_mode(requested: str | None) -> str:
+    """`requested` if given, else WANDB_MODE, else online with WANDB_API_KEY and offline without."""
+    if requested:
+        return requested
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+def override_tags(overrides: list[str]) -> list[str]:
+    """['model.conditioning=dual', 'seed=1'] -> ['model.conditioning=dual'] (seeds are replicates, not arms)."""
+    return [o.lstrip("+~") for o in overrides if not o.split("=")[0].endswith("seed") and not o.startswith("hydra")]
+
+
+def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
+    from pytorch_lightning.loggers import WandbLogger
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    tags = override_tags(overrides)
+    name = f"{cfg.sweep_name}-{run_dir.name}" if tags else run_dir.name
+    return WandbLogger(
+        project=cfg.logger.wandb.project,
+        entity=cfg.logger.wandb.entity,
+        save_dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        group=cfg.sweep_name,
+        job_type="train",
+        tags=[t[:64] for t in tags],
+        name=name,
+        mode=wandb_mode(cfg.logger.wandb.mode),
+    )
