@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
+from neuromf.instantiate import build
 from neuromf.meanflow import noise_like, sample
 
 
@@ -39,7 +39,7 @@ def load_network(ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu
         print(f"note: {path} has no EMA weights; using the trained weights", file=sys.stderr)
     weights = {k[len("net."):]: v for k, v in ckpt[key].items() if k.startswith("net.")}
     try:
-        net = instantiate(hparams["model"], _convert_="all")
+        net = build(hparams["model"], _convert_="all")
         net.load_state_dict(weights, strict=True)
     except Exception as err:
         raise CheckpointError(f"{path}: weights do not match the model config stored in it: {err}") from err

@@ -17,10 +17,10 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+from neuromf.instantiate import build
 from neuromf.meanflow import check_jvp_strategy
 from neuromf.tracking.csv_logger import RunCSVLogger
 from neuromf.tracking.run import flat_config, stable_run_id, update_status
@@ -36,7 +36,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def build_datamodule(cfg: DictConfig, run_dir: Path):
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("mask_ratio", None)
-    return instantiate(data, run_dir=str(run_dir), expected_channels=cfg.model.in_channels)
+    return build(data, run_dir=str(run_dir), expected_channels=cfg.model.in_channels)
 
 
 def build_module(cfg: DictConfig) -> MeanFlowModule:
@@ -105,7 +105,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers) -> pl.Trai
         from pytorch_lightning.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins,
+    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins,
                        default_root_dir=str(run_dir))
 
 

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-SECRET = re.compile(r"(^|_)(api_?key|key|token|password|passwd|secret)s?$", re.IGNORECASE)
+SECRET = re.compile(r"(^|_)(api_?key|access_?key|token|password|passwd|secret)s?$", re.IGNORECASE)
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from neuromf.data.masking import random_spatial_mask
+from neuromf.instantiate import build
 from neuromf.meanflow import MeanFlowObjective, sample
 from neuromf.training.ema import EMA
 from neuromf.training.optim import build_optimizer, build_scheduler
@@ -37,8 +37,8 @@ class MeanFlowModule(pl.LightningModule):
         model, loss, optim, data = _plain(model), _plain(loss), _plain(optim), _plain(data)
         self.save_hyperparameters({"model": model, "loss": loss, "optim": optim, "mask_ratio": mask_ratio,
                                    "ema_inference": ema_inference, "seed": seed, "data": data})
-        self.net = instantiate(model, _convert_="all")
-        self.objective: MeanFlowObjective = instantiate(loss, _convert_="all")
+        self.net = build(model, _convert_="all")
+        self.objective: MeanFlowObjective = build(loss, _convert_="all")
         self.objective.check_model(self.net)
         self.generator: torch.Generator | None = None
         self._pending_generator_state: Tensor | None = None

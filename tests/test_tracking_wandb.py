@@ -1,0 +1,51 @@
+"""W&B setup (offline, no account): run id stable across requeues, group/job_type/tags, flat secret-free config."""
+
+import pytest
+
+from neuromf.tracking.run import flat_config, stable_run_id, update_status
+from neuromf.tracking.wandb_setup import make_wandb_logger, override_tags, wandb_mode
+from training_helpers import tiny_cfg
+
+
+def test_flat_config_drops_secrets_and_keeps_everything_else():
+    cfg = {"model": {"lr": 1e-3, "layers": [1, 2]}, "logger": {"wandb": {"api_key": "s3cret", "project": "p"}},
+           "token": "x", "objective_key": "val/swd", "monkey": 1}
+    flat = flat_config(cfg)
+    assert flat == {"model.lr": 1e-3, "model.layers": [1, 2], "logger.wandb.project": "p",
+                    "objective_key": "val/swd", "monkey": 1}
+
+
+def test_run_id_is_created_once_per_run_dir(tmp_path):
+    first = stable_run_id(tmp_path)
+    assert stable_run_id(tmp_path) == first and stable_run_id(tmp_path / "other") != first
+
+
+def test_status_updates_merge(tmp_path):
+    update_status(tmp_path, status="running", objective_key="val/swd")
+    status = update_status(tmp_path, status="completed", objective=0.5)
+    assert status == {"status": "completed", "objective_key": "val/swd", "objective": 0.5}
+
+
+def test_override_tags_and_mode(monkeypatch):
+    assert override_tags(["model.conditioning=dual", "seed=1", "+data.seed=2", "hydra.launcher.partition=x"]) == [
+        "model.conditioning=dual"]
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert wandb_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_mode(None) == "online" and wandb_mode("disabled") == "disabled"
+
+
+@pytest.mark.slow
+def test_offline_wandb_run_has_group_job_type_and_resumable_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = tiny_cfg("logger=wandb", "sweep_name=conditioning")
+    run_id = stable_run_id(tmp_path)
+    logger = make_wandb_logger(cfg, tmp_path, run_id)
+    run = logger.experiment
+    assert (run.id, run.group, run.job_type) == (run_id, "conditioning", "train")
+    logger.log_hyperparams(flat_config({"model": {"conditioning": "dual"}}))
+    assert run.config["model.conditioning"] == "dual"
+    run.finish()
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
