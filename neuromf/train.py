@@ -40,8 +40,15 @@ def build_datamodule(cfg: DictConfig, run_dir: Path):
 
 
 def build_module(cfg: DictConfig) -> MeanFlowModule:
-    return MeanFlowModule(model=cfg.model, loss=cfg.loss, optim=cfg.optim, mask_ratio=cfg.data.get("mask_ratio", 0.0),
-                          ema_inference=cfg.callbacks.ema_inference, seed=cfg.seed, data=cfg.data)
+    return MeanFlowModule(
+        model=cfg.model,
+        loss=cfg.loss,
+        optim=cfg.optim,
+        mask_ratio=cfg.data.get("mask_ratio", 0.0),
+        ema_inference=cfg.callbacks.ema_inference,
+        seed=cfg.seed,
+        data=cfg.data,
+    )
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
@@ -53,22 +60,45 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
         LearningRateMonitor(logging_interval="step"),
         ObjectiveTracker(cfg.objective, cfg.objective_mode),
         # last.ckpt every n steps (what a requeued job resumes from) and at every epoch end
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=cb.checkpoint.every_n_train_steps,
-                        enable_version_counter=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_on_train_epoch_end=True,
-                        enable_version_counter=False),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="last",
+            every_n_train_steps=cb.checkpoint.every_n_train_steps,
+            enable_version_counter=False,
+        ),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="last",
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        ),
     ]
     if cfg.eval.enabled:
         from neuromf.evaluation.callback import EvaluationCallback
 
         kwargs = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items() if k != "enabled"}
         callbacks.append(EvaluationCallback(output_dir=str(run_dir / "eval"), **kwargs))
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step:06d}", monitor=cfg.objective,
-                                         mode=cfg.objective_mode, save_top_k=cb.checkpoint.save_top_k,
-                                         auto_insert_metric_name=False))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best-{epoch:03d}-{step:06d}",
+                monitor=cfg.objective,
+                mode=cfg.objective_mode,
+                save_top_k=cb.checkpoint.save_top_k,
+                auto_insert_metric_name=False,
+            )
+        )
         if cb.early_stopping.enabled:
-            callbacks.append(EarlyStopping(monitor="val/swd", mode="min", patience=cb.early_stopping.patience,
-                                           min_delta=cb.early_stopping.min_delta, check_finite=False))
+            callbacks.append(
+                EarlyStopping(
+                    monitor="val/swd",
+                    mode="min",
+                    patience=cb.early_stopping.patience,
+                    min_delta=cb.early_stopping.min_delta,
+                    check_finite=False,
+                )
+            )
     if cb.samples.enabled:
         kwargs = {k: v for k, v in OmegaConf.to_container(cb.samples, resolve=True).items() if k != "enabled"}
         callbacks.append(SampleCollector(run_dir=str(run_dir), use_ema=cb.ema_inference, **kwargs))
@@ -105,8 +135,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers) -> pl.Trai
         from pytorch_lightning.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins,
-                       default_root_dir=str(run_dir))
+    return build(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir)
+    )
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
@@ -131,8 +162,15 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     objective = tracker.best if tracker.best is not None else math.nan
     status = "diverged" if divergence.reason else "completed"
     wandb_id = (run_dir / "wandb_id.txt").read_text().strip() if (run_dir / "wandb_id.txt").exists() else None
-    update_status(run_dir, status=status, reason=divergence.reason, objective=None if math.isnan(objective) else objective,
-                  best_step=tracker.best_step, global_step=trainer.global_step, wandb_run_id=wandb_id)
+    update_status(
+        run_dir,
+        status=status,
+        reason=divergence.reason,
+        objective=None if math.isnan(objective) else objective,
+        best_step=tracker.best_step,
+        global_step=trainer.global_step,
+        wandb_run_id=wandb_id,
+    )
     if divergence.reason:
         log.error("run diverged: %s", divergence.reason)
         return math.nan
@@ -149,8 +187,9 @@ def main(cfg: DictConfig) -> float:
     try:
         return train(cfg, run_dir)
     except Exception as err:
-        update_status(run_dir, status="failed", reason=f"{type(err).__name__}: {err}",
-                      traceback=traceback.format_exc())
+        update_status(
+            run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()
+        )
         if raise_on_failure:
             raise
         log.exception("arm failed; recorded in %s/status.json", run_dir)

@@ -8,8 +8,13 @@ from torch import Tensor, nn
 
 from neuromf.models import MeanFlowUNet
 
-TINY = dict(num_channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
-            norm_num_groups=4)
+TINY = dict(
+    num_channels=(8, 16),
+    attention_levels=(False, True),
+    num_res_blocks=1,
+    num_head_channels=8,
+    norm_num_groups=4,
+)
 
 
 def tiny_model(seed: int = 0, randomise: bool = True, **kw) -> MeanFlowUNet:

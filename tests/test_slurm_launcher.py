@@ -33,20 +33,7 @@ LOCAL_SLURM = [
 ]
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """Starts (installing if needed) the local SLURM; returns its partition name."""
-    try:
-        proc = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
-        ok, msg = proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"
-    except (OSError, subprocess.TimeoutExpired) as err:
-        ok, msg = False, repr(err)
-    if not ok:
-        reason = f"local SLURM could not be started with {SCRIPT} start ({msg})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return PARTITION
+# The session fixture `slurm_cluster` (starts the local cluster) is in tests/conftest.py.
 
 
 def _run_app(args: list[str], timeout: float) -> subprocess.CompletedProcess:

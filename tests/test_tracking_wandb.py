@@ -1,18 +1,28 @@
 """W&B setup (offline, no account): run id stable across requeues, group/job_type/tags, flat secret-free config."""
 
 import pytest
+from training_helpers import tiny_cfg
 
 from neuromf.tracking.run import flat_config, stable_run_id, update_status
 from neuromf.tracking.wandb_setup import make_wandb_logger, override_tags, wandb_mode
-from training_helpers import tiny_cfg
 
 
 def test_flat_config_drops_secrets_and_keeps_everything_else():
-    cfg = {"model": {"lr": 1e-3, "layers": [1, 2]}, "logger": {"wandb": {"api_key": "s3cret", "project": "p"}},
-           "token": "x", "objective_key": "val/swd", "monkey": 1}
+    cfg = {
+        "model": {"lr": 1e-3, "layers": [1, 2]},
+        "logger": {"wandb": {"api_key": "s3cret", "project": "p"}},
+        "token": "x",
+        "objective_key": "val/swd",
+        "monkey": 1,
+    }
     flat = flat_config(cfg)
-    assert flat == {"model.lr": 1e-3, "model.layers": [1, 2], "logger.wandb.project": "p",
-                    "objective_key": "val/swd", "monkey": 1}
+    assert flat == {
+        "model.lr": 1e-3,
+        "model.layers": [1, 2],
+        "logger.wandb.project": "p",
+        "objective_key": "val/swd",
+        "monkey": 1,
+    }
 
 
 def test_run_id_is_created_once_per_run_dir(tmp_path):
@@ -27,8 +37,9 @@ def test_status_updates_merge(tmp_path):
 
 
 def test_override_tags_and_mode(monkeypatch):
-    assert override_tags(["model.conditioning=dual", "seed=1", "+data.seed=2", "hydra.launcher.partition=x"]) == [
-        "model.conditioning=dual"]
+    assert override_tags(
+        ["model.conditioning=dual", "seed=1", "+data.seed=2", "hydra.launcher.partition=x"]
+    ) == ["model.conditioning=dual"]
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert wandb_mode(None) == "offline"

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from engine_helpers import tiny_model
 from torch.nn.parallel import DistributedDataParallel
 
-from engine_helpers import tiny_model
 from neuromf.meanflow import MeanFlowObjective
 
 

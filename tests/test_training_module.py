@@ -6,18 +6,20 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+from training_helpers import tiny_cfg
 
 from neuromf.train import build_module
 from neuromf.training.callbacks import DivergenceMonitor, SampleCollector
 from neuromf.training.ema import EMA
 from neuromf.training.optim import build_optimizer, build_scheduler
-from training_helpers import tiny_cfg
 
 
 def _lrs(schedule, steps=14, warmup=4, min_ratio=0.1):
     p = [torch.nn.Parameter(torch.zeros(1))]
     opt = build_optimizer(p, {"lr": 2.0})
-    sched = build_scheduler(opt, {"schedule": schedule, "warmup_steps": warmup, "min_lr_ratio": min_ratio}, steps)
+    sched = build_scheduler(
+        opt, {"schedule": schedule, "warmup_steps": warmup, "min_lr_ratio": min_ratio}, steps
+    )
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])
@@ -33,8 +35,11 @@ def test_lr_schedule_values_at_known_steps(schedule):
         assert lrs[k] == pytest.approx(2.0 * (k + 1) / W)
     for k in range(W, T):
         frac = (k - W) / (T - W)
-        expected = {"constant": 1.0, "linear": 1 - (1 - m) * frac,
-                    "cosine": m + (1 - m) * (1 + math.cos(math.pi * frac)) / 2}[schedule]
+        expected = {
+            "constant": 1.0,
+            "linear": 1 - (1 - m) * frac,
+            "cosine": m + (1 - m) * (1 + math.cos(math.pi * frac)) / 2,
+        }[schedule]
         assert lrs[k] == pytest.approx(2.0 * expected, rel=1e-6)
 
 
@@ -63,7 +68,9 @@ def test_training_step_changes_the_weights_and_logs_diagnostics():
         optimizer.step()
     changed = sum(not torch.equal(a, b) for a, b in zip(before, module.net.parameters()))
     assert changed == len(before)
-    assert {"loss_raw", "loss_u", "loss_v", "jvp_norm", "cos_V_v", "cos_vhat_v", "loss_ch0"} <= set(module.last_diagnostics)
+    assert {"loss_raw", "loss_u", "loss_v", "jvp_norm", "cos_V_v", "cos_vhat_v", "loss_ch0"} <= set(
+        module.last_diagnostics
+    )
 
 
 class _Recorder(pl.Callback):
@@ -83,9 +90,17 @@ def test_ema_moves_toward_the_weights_at_the_configured_rate(tmp_path):
     from neuromf.train import build_datamodule
 
     recorder, ema = _Recorder(), EMA(decay=0.5)
-    trainer = pl.Trainer(max_steps=3, callbacks=[recorder, ema], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, inference_mode=False)
+    trainer = pl.Trainer(
+        max_steps=3,
+        callbacks=[recorder, ema],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        inference_mode=False,
+    )
     trainer.fit(module, datamodule=build_datamodule(cfg, tmp_path))
     w = recorder.weights
     expected = w[0]  # AveragedModel copies the weights at its first update
@@ -139,8 +154,14 @@ class _FakeDataModule:
 
 
 def _collector_trainer(epoch, rank0=True):
-    return SimpleNamespace(sanity_checking=False, is_global_zero=rank0, current_epoch=epoch, global_step=epoch * 10,
-                           datamodule=_FakeDataModule(), loggers=[])
+    return SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=rank0,
+        current_epoch=epoch,
+        global_step=epoch * 10,
+        datamodule=_FakeDataModule(),
+        loggers=[],
+    )
 
 
 def test_sample_collector_determinism_nfe_ema_and_epoch_skipping(tmp_path):
@@ -149,9 +170,12 @@ def test_sample_collector_determinism_nfe_ema_and_epoch_skipping(tmp_path):
     ema_net, net = tiny_model(in_channels=1, seed=0), tiny_model(in_channels=1, seed=1)
     module = SimpleNamespace(logged={}, device=torch.device("cpu"))
     module.generate = lambda noise, nfe, use_ema: __import__("neuromf.meanflow", fromlist=["sample"]).sample(
-        ema_net if use_ema else net, noise, nfe)
+        ema_net if use_ema else net, noise, nfe
+    )
     module.log = lambda k, v, **kw: module.logged.__setitem__(k, v)
-    col = SampleCollector(run_dir=str(tmp_path), every_n_epochs=2, num_samples=2, nfe_list=[1, 3], use_ema=True)
+    col = SampleCollector(
+        run_dir=str(tmp_path), every_n_epochs=2, num_samples=2, nfe_list=[1, 3], use_ema=True
+    )
     assert not col.should_run(_collector_trainer(epoch=0)) and col.should_run(_collector_trainer(epoch=1))
     assert not col.should_run(_collector_trainer(epoch=1, rank0=False))  # rank guard
     a = col.collect(_collector_trainer(1), module)

@@ -7,21 +7,31 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from training_helpers import tiny_cfg
 
 from neuromf.sample import CheckpointError, load_network
 from neuromf.sample import main as sample_main
 from neuromf.tracking.run import read_status
 from neuromf.train import train
-from training_helpers import tiny_cfg
 
 REPO = Path(__file__).resolve().parent.parent
-RESUME = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
-          "data.batch_size=2", "objective=val/loss_raw", "callbacks.diagnostics.every_n_steps=1"]
+RESUME = [
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=2",
+    "objective=val/loss_raw",
+    "callbacks.diagnostics.every_n_steps=1",
+]
 
 
 def _losses(run_dir: Path) -> pd.Series:
     df = pd.read_csv(run_dir / "metrics.csv")
-    return df.dropna(subset=["train/loss_raw"]).drop_duplicates("step", keep="last").set_index("step")["train/loss_raw"]
+    return (
+        df.dropna(subset=["train/loss_raw"])
+        .drop_duplicates("step", keep="last")
+        .set_index("step")["train/loss_raw"]
+    )
 
 
 @pytest.mark.slow
@@ -54,7 +64,10 @@ def test_checkpoint_round_trip_and_sample_cli(tmp_path, capsys):
     first = torch.load(out / "samples.pt", weights_only=True)
     assert first.shape == (2, 1, 32, 32, 32)
     assert sorted(p.name for p in out.glob("sample_00*")) == ["sample_00.nii.gz", "sample_00.png"]
-    assert sample_main([str(ckpt), "--n", "2", "--nfe", "2", "--seed", "3", "--out", str(tmp_path / "again")]) == 0
+    assert (
+        sample_main([str(ckpt), "--n", "2", "--nfe", "2", "--seed", "3", "--out", str(tmp_path / "again")])
+        == 0
+    )
     torch.testing.assert_close(torch.load(tmp_path / "again" / "samples.pt", weights_only=True), first)
     assert str(out) in capsys.readouterr().out
 
@@ -66,8 +79,13 @@ def test_sample_cli_refuses_bad_checkpoints(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not a NeuroMF checkpoint"):
         load_network(tmp_path / "foreign.ckpt")
     model = {"_target_": "neuromf.models.MeanFlowUNet", "num_channels": [8, 8, 16], "norm_num_groups": 4}
-    torch.save({"state_dict": {"net.unet.conv_in.conv.weight": torch.zeros(3)}, "hyper_parameters": {"model": model}},
-               tmp_path / "mismatch.ckpt")
+    torch.save(
+        {
+            "state_dict": {"net.unet.conv_in.conv.weight": torch.zeros(3)},
+            "hyper_parameters": {"model": model},
+        },
+        tmp_path / "mismatch.ckpt",
+    )
     with pytest.raises(CheckpointError, match="do not match the model config"):
         load_network(tmp_path / "mismatch.ckpt")
     assert sample_main([str(tmp_path / "missing.ckpt")]) == 2
@@ -76,8 +94,17 @@ def test_sample_cli_refuses_bad_checkpoints(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_cli_fast_dev_run_on_the_demo_data(tmp_path):
-    cmd = [sys.executable, "-m", "neuromf.train", "trainer.fast_dev_run=true", "logger=csv", "torch_threads=2",
-           "callbacks.samples.enabled=false", "eval.feat3d_enabled=false", f"hydra.run.dir={tmp_path}/run"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neuromf.train",
+        "trainer.fast_dev_run=true",
+        "logger=csv",
+        "torch_threads=2",
+        "callbacks.samples.enabled=false",
+        "eval.feat3d_enabled=false",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_status(tmp_path / "run")["status"] == "completed"

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,25 +37,11 @@ from pytorch_lightning.callbacks import EarlyStopping
 from neuromf.evaluation.cache import StatsCache, tensor_fingerprint
 from neuromf.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
 from neuromf.evaluation.swd import sliced_wasserstein
+from neuromf.tracking.run import write_json_atomic
 
-__all__ = ["EvaluationCallback", "write_json_atomic"]
+__all__ = ["EvaluationCallback"]
 
 log = logging.getLogger(__name__)
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    """Write JSON to ``path`` via a temp file in the same directory + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 class EvaluationCallback(pl.Callback):
@@ -364,4 +348,4 @@ class EvaluationCallback(pl.Callback):
             "history": self.history,
             "config": self.config(),
         }
-        write_json_atomic(summary, out / "summary.json")
+        write_json_atomic(out / "summary.json", summary)

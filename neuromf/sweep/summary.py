@@ -1,4 +1,5 @@
-"""Hydra callback writing <sweep dir>/sweep_summary.{json,csv} (arm, status, objective per job) after a multirun."""
+"""Hydra callback writing <sweep dir>/sweep_summary.{json,csv} (arm, status, objective per job) after a
+multirun."""
 
 from __future__ import annotations
 
@@ -17,13 +18,21 @@ log = logging.getLogger(__name__)
 
 
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
-    """One row per run dir of the sweep: job, overrides, status, reason, objective; written as JSON and CSV."""
+    """One row per run dir of the sweep: job, overrides, status, reason, objective; written as JSON and
+    CSV."""
     rows = []
     for run in load_sweep(sweep_dir):
         objective = run.objective if run.objective is not None and math.isfinite(run.objective) else None
-        rows.append({"job": run.path.name, "overrides": " ".join(run.overrides), "status": run.status,
-                     "reason": run.reason, "objective_key": run.objective_key,
-                     "objective": objective})
+        rows.append(
+            {
+                "job": run.path.name,
+                "overrides": " ".join(run.overrides),
+                "status": run.status,
+                "reason": run.reason,
+                "objective_key": run.objective_key,
+                "objective": objective,
+            }
+        )
     write_json_atomic(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})
     tmp = sweep_dir / ".sweep_summary.csv.tmp"
     with tmp.open("w", newline="") as f:
@@ -45,4 +54,6 @@ class SweepSummary(Callback):
             log.warning("no sweep summary: %s", err)
             return
         done = sum(r["status"] == "completed" for r in rows)
-        log.info("sweep summary: %d/%d arms completed -> %s", done, len(rows), sweep_dir / "sweep_summary.csv")
+        log.info(
+            "sweep summary: %d/%d arms completed -> %s", done, len(rows), sweep_dir / "sweep_summary.csv"
+        )

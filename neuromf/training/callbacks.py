@@ -30,8 +30,11 @@ class DivergenceMonitor(pl.Callback):
         if not math.isfinite(value):
             self._stop(trainer, f"raw loss is {value} at step {step}")
         elif step > self.grace_steps and value > self.threshold * self.running_min:
-            self._stop(trainer, f"raw loss {value:.4g} > {self.threshold} x running minimum "
-                                f"{self.running_min:.4g} at step {step}")
+            self._stop(
+                trainer,
+                f"raw loss {value:.4g} > {self.threshold} x running minimum "
+                f"{self.running_min:.4g} at step {step}",
+            )
         if math.isfinite(value):
             self.running_min = min(self.running_min, value)
 
@@ -62,8 +65,11 @@ class DiagnosticsLogger(pl.Callback):
         self._samples += batch.shape[0] * trainer.world_size
         if trainer.global_step % self.every_n_steps:
             return
-        metrics = {f"train/{k}": float(v) for k, v in pl_module.last_diagnostics.items()
-                   if k not in ("loss", "loss_raw") and math.isfinite(float(v))}
+        metrics = {
+            f"train/{k}": float(v)
+            for k, v in pl_module.last_diagnostics.items()
+            if k not in ("loss", "loss_raw") and math.isfinite(float(v))
+        }
         elapsed = time.perf_counter() - self._t0
         metrics["train/samples_per_s"] = self._samples / max(elapsed, 1e-9)
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
@@ -78,15 +84,26 @@ class SampleCollector(pl.Callback):
     <run_dir>/samples/epoch_XXXX/nfe_N/, logs the PNGs, and `val/nfe_consistency` = RMS distance between
     the 1-NFE samples and those of the largest NFE. Rank 0 only."""
 
-    def __init__(self, run_dir: str, every_n_epochs: int = 1, num_samples: int = 2, nfe_list=(1, 2, 5),
-                 seed: int = 1234, use_ema: bool = True, save_nifti: bool = True):
+    def __init__(
+        self,
+        run_dir: str,
+        every_n_epochs: int = 1,
+        num_samples: int = 2,
+        nfe_list=(1, 2, 5),
+        seed: int = 1234,
+        use_ema: bool = True,
+        save_nifti: bool = True,
+    ):
         self.run_dir, self.every_n_epochs, self.num_samples = Path(run_dir), every_n_epochs, num_samples
         self.nfe_list, self.seed, self.use_ema, self.save_nifti = sorted(nfe_list), seed, use_ema, save_nifti
         self.last: dict[int, torch.Tensor] = {}
 
     def should_run(self, trainer) -> bool:
-        return (not trainer.sanity_checking and trainer.is_global_zero
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+        return (
+            not trainer.sanity_checking
+            and trainer.is_global_zero
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self.should_run(trainer):

@@ -31,12 +31,29 @@ class MeanFlowModule(pl.LightningModule):
     state is checkpointed, so a resumed run continues the same random stream.
     """
 
-    def __init__(self, model: dict, loss: dict, optim: dict, mask_ratio: float = 0.0, ema_inference: bool = True,
-                 seed: int = 0, data: dict | None = None):
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        optim: dict,
+        mask_ratio: float = 0.0,
+        ema_inference: bool = True,
+        seed: int = 0,
+        data: dict | None = None,
+    ):
         super().__init__()
         model, loss, optim, data = _plain(model), _plain(loss), _plain(optim), _plain(data)
-        self.save_hyperparameters({"model": model, "loss": loss, "optim": optim, "mask_ratio": mask_ratio,
-                                   "ema_inference": ema_inference, "seed": seed, "data": data})
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "loss": loss,
+                "optim": optim,
+                "mask_ratio": mask_ratio,
+                "ema_inference": ema_inference,
+                "seed": seed,
+                "data": data,
+            }
+        )
         self.net = build(model, _convert_="all")
         self.objective: MeanFlowObjective = build(loss, _convert_="all")
         self.objective.check_model(self.net)
@@ -48,7 +65,9 @@ class MeanFlowModule(pl.LightningModule):
     def _gen(self) -> torch.Generator:
         """The module's generator on its current device (re-created after a device move, restored on resume)."""
         if self.generator is None or self.generator.device.type != self.device.type:
-            self.generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + self.global_rank)
+            self.generator = torch.Generator(device=self.device).manual_seed(
+                self.hparams.seed + self.global_rank
+            )
             if self._pending_generator_state is not None:
                 self.generator.set_state(self._pending_generator_state)
                 self._pending_generator_state = None
@@ -106,6 +125,10 @@ class MeanFlowModule(pl.LightningModule):
     def configure_optimizers(self):
         optim = dict(self.hparams.optim)
         optimizer = build_optimizer(self.net.parameters(), optim)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else optim.get("total_steps", 1)
+        total = (
+            self.trainer.estimated_stepping_batches
+            if self._trainer is not None
+            else optim.get("total_steps", 1)
+        )
         scheduler = build_scheduler(optimizer, optim, total_steps=int(optim.get("total_steps") or total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -12,8 +12,12 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], optim: dict) -> torch.optim.AdamW:
     """AdamW(lr, (beta1, beta2), weight_decay) from the `optim` config."""
-    return torch.optim.AdamW(params, lr=float(optim["lr"]), betas=(float(optim.get("beta1", 0.9)), float(optim.get("beta2", 0.999))),
-                             weight_decay=float(optim.get("weight_decay", 0.0)))
+    return torch.optim.AdamW(
+        params,
+        lr=float(optim["lr"]),
+        betas=(float(optim.get("beta1", 0.9)), float(optim.get("beta2", 0.999))),
+        weight_decay=float(optim.get("weight_decay", 0.0)),
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: dict, total_steps: int) -> LRScheduler:
@@ -27,7 +31,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: dict, total_steps: 
     if schedule == "constant":
         main: LRScheduler = ConstantLR(optimizer, factor=1.0, total_iters=0)
     elif schedule == "linear":
-        main = LinearLR(optimizer, start_factor=1.0, end_factor=max(min_ratio, 1e-12), total_iters=decay_steps)
+        main = LinearLR(
+            optimizer, start_factor=1.0, end_factor=max(min_ratio, 1e-12), total_iters=decay_steps
+        )
     else:
         base = optimizer.param_groups[0]["lr"]
         main = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=base * min_ratio)

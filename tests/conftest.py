@@ -1,0 +1,96 @@
+"""Shared fixtures: the local SLURM cluster (scripts/slurm-local.sh) and a runner for the real training app.
+
+The SLURM integration tests start the local cluster once per session. Where it cannot be started they are
+skipped, except under CI=true, where that is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_SCRIPT = REPO / "scripts" / "slurm-local.sh"
+SLURM_PARTITION = os.environ.get("SLURM_LOCAL_PARTITION", "local")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Starts (installing if needed) the local SLURM; returns its partition name."""
+    try:
+        cmd = ["bash", str(SLURM_SCRIPT), "start"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        ok, msg = proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+    except (OSError, subprocess.TimeoutExpired) as err:
+        ok, msg = False, repr(err)
+    if not ok:
+        reason = f"local SLURM could not be started with {SLURM_SCRIPT} start ({msg})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return SLURM_PARTITION
+
+
+# A training run that takes seconds on one CPU thread: a tiny UNet, 2 training batches of 2 demo latents, one
+# validation batch (val/loss_raw is the objective: eval=none logs no val/swd), CSV logging only.
+TINY_TRAIN = [
+    "model.num_channels=[8,8,16]",
+    "model.norm_num_groups=4",
+    "model.num_head_channels=8",
+    "logger=csv",
+    "eval=none",
+    "callbacks.samples.enabled=false",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=2",
+    "torch_threads=1",
+    "objective=val/loss_raw",
+]
+TINY_EPOCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+
+
+def slurm_launcher(partition: str, timeout_min: int = 5) -> list[str]:
+    """Overrides that point conf/hydra/launcher/slurm_a100.yaml at the local CPU-only cluster."""
+    return [
+        "hydra/launcher=slurm_a100",
+        f"hydra.launcher.partition={partition}",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        f"hydra.launcher.timeout_min={timeout_min}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def demo_latents() -> Path:
+    """The small demo latent store, built once before the sweeps start (their jobs would otherwise race)."""
+    from neuromf.data.demo import ensure_demo
+
+    return ensure_demo("small")
+
+
+@pytest.fixture
+def neuromf_multirun(tmp_path, demo_latents):
+    """Runs `python -m neuromf.train -m <args>` in tmp_path and returns the finished process (asserts exit 0
+    unless check=False)."""
+
+    def run(args: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "neuromf.train", "-m", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+        if check:
+            assert proc.returncode == 0, f"multirun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        return proc
+
+    return run
