@@ -4,7 +4,8 @@ At the end of each validation epoch (every ``every_n_epochs``; never during the 
 ``num_samples`` fixed-seed noises (B, C, D, H, W), generates latents with
 ``pl_module.generate(noise, nfe, use_ema)`` and logs
 
-* ``val/swd`` — sliced Wasserstein distance to ``trainer.datamodule.val_latents()`` (every evaluation);
+* ``val/swd`` — sliced Wasserstein distance to ``trainer.datamodule.val_latents()`` (every evaluation), and
+  ``val/swd_patch`` — the same on random 4^3 patches (local structure);
 * ``val/fid_axial|coronal|sagittal``, ``val/fid_mean`` — 2.5D FID of decoded volumes (needs ``fid_weights``);
 * ``val/feat3d_fd`` — deepbet 3D feature distance.
 
@@ -36,7 +37,7 @@ from pytorch_lightning.callbacks import EarlyStopping
 
 from neuromf.evaluation.cache import StatsCache, tensor_fingerprint
 from neuromf.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
-from neuromf.evaluation.swd import sliced_wasserstein
+from neuromf.evaluation.swd import patch_sliced_wasserstein, sliced_wasserstein
 from neuromf.tracking.run import write_json_atomic
 
 __all__ = ["EvaluationCallback"]
@@ -280,7 +281,12 @@ class EvaluationCallback(pl.Callback):
                     p=self.swd_p,
                     seed=self.seed,
                 )
-            )
+            ),
+            "val/swd_patch": float(
+                patch_sliced_wasserstein(
+                    fake, real.to(fake.device), num_projections=self.swd_projections, p=self.swd_p, seed=self.seed
+                )
+            ),
         }
         extractors = []
         if self._fid is not None and self._due("val/fid_mean", self.fid_every_n_epochs, epoch):
