@@ -1,5 +1,8 @@
 """du/dt along the MeanFlow tangent (v~, 0, 1) in (z, r, t): exact (forward-mode AD) or finite difference.
 
+Strategies: "exact" (torch.func.jvp under no_grad, then a separate forward for u), "exact_fused" (u and du/dt from
+one forward-mode pass, neuromf/meanflow/fast_jvp.py; same values, fewer passes), "fd" (finite difference).
+
 Both return u = u_theta(z_t, r, t) *with* its autograd graph (the term that is trained) and du/dt without one
 (it only enters the target through sg(.)). Shapes: z_t, v~, u, du/dt (B, C, D, H, W); r, t (B,).
 """
@@ -9,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-JVP_STRATEGIES = ("exact", "fd")
+from neuromf.meanflow.fast_jvp import jvp_exact_fused
+
+JVP_STRATEGIES = ("exact", "fd", "exact_fused")
 
 
 def check_jvp_strategy(prediction_type: str, jvp: str) -> None:
@@ -51,6 +56,8 @@ def time_derivative(
     if strategy == "exact":
         du_dt = jvp_exact(model, z_t, r, t, v_tilde)
         return model(z_t, r, t), du_dt
+    if strategy == "exact_fused":
+        return jvp_exact_fused(model, z_t, r, t, v_tilde)
     if strategy == "fd":
         u = model(z_t, r, t)
         return u, jvp_fd(model, z_t, r, t, v_tilde, u, fd_step)

@@ -11,7 +11,11 @@ from typing import Literal
 
 import torch
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
-from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock, get_timestep_embedding, zero_module
+from monai.networks.nets.diffusion_model_unet import (
+    DiffusionUNetResnetBlock,
+    get_timestep_embedding,
+    zero_module,
+)
 from torch import Tensor, nn
 
 Conditioning = Literal["dual", "h", "t_h"]
