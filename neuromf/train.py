@@ -145,6 +145,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     check_jvp_strategy(cfg.model.prediction_type, cfg.loss.jvp)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.trainer.get("accelerator") == "cpu":
+        torch.set_flush_denormal(True)  # denormal weights/activations slowed CPU steps several-fold
     pl.seed_everything(cfg.seed, workers=True)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     update_status(run_dir, status="running", reason=None, objective_key=cfg.objective, overrides=overrides)

@@ -130,3 +130,17 @@ def test_every_configuration_builds_and_steps_or_is_refused(prediction_type, jvp
     assert torch.isfinite(loss) and torch.isfinite(diag["loss_raw"])
     assert ("loss_v" in diag) == use_v_head
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_exact_jvp_under_bf16_autocast_runs_in_float32_and_trains():
+    model = tiny_model(use_v_head=True)
+    z, r, t = _inputs()
+    tangent = torch.randn_like(z)
+    reference = jvp_exact(model, z, r, t, tangent)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = jvp_exact(model, z, r, t, tangent)
+        loss, diag = MeanFlowObjective(jvp="exact")(model, z, generator=torch.Generator().manual_seed(0))
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, reference)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
