@@ -43,14 +43,32 @@ from neuromf.models.compile_utils import (
 PRESETS = {
     # production: conf/model/maisi.yaml, 4 x 48^3 latents
     "maisi": dict(
-        model=dict(in_channels=4, num_channels=(64, 128, 256, 512), attention_levels=(False, False, True, True),
-                   num_res_blocks=2, num_head_channels=(0, 0, 32, 32), norm_num_groups=32),
-        shape=(4, 48, 48, 48), batch=8, dtype="bf16"),
+        model=dict(
+            in_channels=4,
+            num_channels=(64, 128, 256, 512),
+            attention_levels=(False, False, True, True),
+            num_res_blocks=2,
+            num_head_channels=(0, 0, 32, 32),
+            norm_num_groups=32,
+        ),
+        shape=(4, 48, 48, 48),
+        batch=8,
+        dtype="bf16",
+    ),
     # CI smoke: runs in seconds on a CPU
     "cpu-small": dict(
-        model=dict(in_channels=1, num_channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
-                   num_head_channels=8, norm_num_groups=4),
-        shape=(1, 16, 16, 16), batch=2, dtype="fp32"),
+        model=dict(
+            in_channels=1,
+            num_channels=(8, 16),
+            attention_levels=(False, True),
+            num_res_blocks=1,
+            num_head_channels=8,
+            norm_num_groups=4,
+        ),
+        shape=(1, 16, 16, 16),
+        batch=2,
+        dtype="fp32",
+    ),
 }
 STRATEGIES = ("fm", "meanflow", "imf", "jvp_only")
 TARGETS = {"meanflow_ms_ratio_max": 1.5, "imf_ms_ratio_max": 2.4, "peak_ratio_max": 1.2, "imf_samples_per_s_min": 30}
@@ -64,22 +82,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m neuromf.bench", description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     p.add_argument("--batch", type=int, default=None, help="default: the preset's (maisi 8, cpu-small 2)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
-                   help="bf16 = autocast(bfloat16) with float32 weights; fp32 uses TF32 on CUDA unless --no-tf32")
+    p.add_argument(
+        "--dtype",
+        choices=["bf16", "fp32"],
+        default=None,
+        help="bf16 = autocast(bfloat16) with float32 weights; fp32 uses TF32 on CUDA unless --no-tf32",
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--strategies", default="fm,meanflow,imf,jvp_only")
     p.add_argument("--jvp", default="exact,fd,exact_fused")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the JVP step and the forwards (GroupNorm decomposed first)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the JVP step and the forwards (GroupNorm decomposed first)",
+    )
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default, max-autotune, ...)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                   help="non-reentrant gradient checkpointing of the UNet blocks")
+    p.add_argument(
+        "--checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="non-reentrant gradient checkpointing of the UNet blocks",
+    )
     p.add_argument("--optimizer", action=argparse.BooleanOptionalAction, default=False, help="include an AdamW step")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--flash-attention", action=argparse.BooleanOptionalAction, default=False,
-                   help="MAISI's SDPA attention (its forward-mode derivative falls back to the math path)")
+    p.add_argument(
+        "--flash-attention",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="MAISI's SDPA attention (its forward-mode derivative falls back to the math path)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (written atomically)")
@@ -157,8 +191,7 @@ def build_model(cfg: dict, use_v_head: bool, args, device) -> MeanFlowUNet:
 
 def make_step(kind: str, jvp: str | None, model, args, device, x: torch.Tensor):
     """Returns (step(), forward_only()) closures; forward_only builds the graph and returns the loss."""
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16"
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext()
     gen = torch.Generator(device=device).manual_seed(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.optimizer else None
     derivative = getattr(model, "_bench_derivative", {}).get(jvp) if args.compile else None
@@ -236,8 +269,11 @@ def add_ratios(results: list[dict]) -> None:
     """Ratios of time, peak memory and saved-activation memory to the flow-matching step (None if unavailable)."""
     fm = next((r for r in results if r["kind"] == "fm" and r["status"] == "ok"), None)
     for r in results:
-        for key, ref in (("ms_median", "ratio_ms_to_fm"), ("peak_gib", "ratio_peak_to_fm"),
-                         ("saved_gib", "ratio_saved_to_fm")):
+        for key, ref in (
+            ("ms_median", "ratio_ms_to_fm"),
+            ("peak_gib", "ratio_peak_to_fm"),
+            ("saved_gib", "ratio_saved_to_fm"),
+        ):
             a, b = r.get(key), (fm or {}).get(key)
             r[ref] = a / b if r["status"] == "ok" and a is not None and b else None
 
@@ -251,10 +287,14 @@ def check_targets(results: list[dict]) -> dict:
         lim = TARGETS[f"{r['kind']}_ms_ratio_max"]
         out[r["case"]] = {
             "ms_ratio_ok": r["ratio_ms_to_fm"] is not None and r["ratio_ms_to_fm"] <= lim,
-            "peak_ratio_ok": None if r["ratio_peak_to_fm"] is None
+            "peak_ratio_ok": None
+            if r["ratio_peak_to_fm"] is None
             else r["ratio_peak_to_fm"] <= TARGETS["peak_ratio_max"],
-            **({"samples_per_s_ok": r["samples_per_s"] >= TARGETS["imf_samples_per_s_min"]}
-               if r["kind"] == "imf" else {}),
+            **(
+                {"samples_per_s_ok": r["samples_per_s"] >= TARGETS["imf_samples_per_s_min"]}
+                if r["kind"] == "imf"
+                else {}
+            ),
         }
     return out
 
@@ -271,10 +311,12 @@ def format_table(results: list[dict]) -> str:
         if r["status"] != "ok":
             lines.append(f"{r['case']:<24}{r['status']}")
             continue
-        lines.append(f"{r['case']:<24}{_fmt(r['ms_median'], '10.1f')}{_fmt(r['ratio_ms_to_fm'], '8.2f')}"
-                     f"{_fmt(r['peak_gib'], '10.2f')}{_fmt(r['ratio_peak_to_fm'], '7.2f')}"
-                     f"{_fmt(r['saved_gib'], '11.3f')}{_fmt(r['ratio_saved_to_fm'], '7.2f')}"
-                     f"{_fmt(r['samples_per_s'], '11.1f')}")
+        lines.append(
+            f"{r['case']:<24}{_fmt(r['ms_median'], '10.1f')}{_fmt(r['ratio_ms_to_fm'], '8.2f')}"
+            f"{_fmt(r['peak_gib'], '10.2f')}{_fmt(r['ratio_peak_to_fm'], '7.2f')}"
+            f"{_fmt(r['saved_gib'], '11.3f')}{_fmt(r['ratio_saved_to_fm'], '7.2f')}"
+            f"{_fmt(r['samples_per_s'], '11.1f')}"
+        )
     return "\n".join(lines)
 
 
@@ -324,14 +366,18 @@ def run(args: argparse.Namespace, on_update=None) -> dict:
             n_params["imf" if v_head else "meanflow"] = sum(p.numel() for p in models[v_head].parameters()) / 1e6
             if args.compile:
                 m = models[v_head]
-                m._bench_derivative = {j: compiled_time_derivative(m, j, mode=args.compile_mode)
-                                       for j in JVP_STRATEGIES}
+                m._bench_derivative = {
+                    j: compiled_time_derivative(m, j, mode=args.compile_mode) for j in JVP_STRATEGIES
+                }
                 m._bench_forward = m._bench_derivative["exact"].forward
                 if v_head:
                     m.v = torch.compile(m.v, mode=args.compile_mode)
         row = run_case(name, kind, jvp, models[v_head], args, device, x, timer)
-        print(f"  {name}: {row['status']}" + (f" {row['ms_median']:.1f} ms" if row["status"] == "ok" else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"  {name}: {row['status']}" + (f" {row['ms_median']:.1f} ms" if row["status"] == "ok" else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         results.append(row)
         add_ratios(results)
         if on_update is not None:
@@ -342,15 +388,20 @@ def run(args: argparse.Namespace, on_update=None) -> dict:
 def _payload(args, device, n_params: dict, results: list[dict]) -> dict:
     preset = PRESETS[args.preset]
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
         else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(),
         "command": "python -m neuromf.bench " + " ".join(args.argv),
-        "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "argv")}, "model": preset["model"],
-                   "latent_shape": preset["shape"], "params_m": n_params},
+        "config": {
+            **{k: v for k, v in vars(args).items() if k not in ("out", "argv")},
+            "model": preset["model"],
+            "latent_shape": preset["shape"],
+            "params_m": n_params,
+        },
         "results": results,
         "targets": {"limits": TARGETS, "checks": check_targets(results)},
     }
@@ -359,9 +410,11 @@ def _payload(args, device, n_params: dict, results: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     payload = run(args, on_update=(lambda p: write_json_atomic(Path(args.out), p)) if args.out else None)
-    print(f"{payload['device']} | torch {payload['torch']} | {args.preset} batch {args.batch} {args.dtype}"
-          f"{' compile' if args.compile else ''}{' channels-last' if args.channels_last else ''}"
-          f"{' checkpointing' if args.checkpointing else ''} | params {payload['config']['params_m']}")
+    print(
+        f"{payload['device']} | torch {payload['torch']} | {args.preset} batch {args.batch} {args.dtype}"
+        f"{' compile' if args.compile else ''}{' channels-last' if args.channels_last else ''}"
+        f"{' checkpointing' if args.checkpointing else ''} | params {payload['config']['params_m']}"
+    )
     print(format_table(payload["results"]))
     if args.out:
         write_json_atomic(Path(args.out), payload)

@@ -81,8 +81,7 @@ def monitoring_workspace(
             name="samples",
             is_open=True,
             panels=[
-                wr.MediaBrowser(title=k, media_keys=[k], num_columns=4, gallery_axis="step")
-                for k in sample_keys(nfe)
+                wr.MediaBrowser(title=k, media_keys=[k], num_columns=4, gallery_axis="step") for k in sample_keys(nfe)
             ],
         )
     )
@@ -142,8 +141,7 @@ def ablation_report(entity: str, project: str, group: str | None = None, arm_key
         entity=entity,
         project=project,
         title=f"NeuroMF ablation: {group or 'all runs'}",
-        description="Ablation arms (grouped by config) compared on the validation objective, "
-        "mean ± std over seeds.",
+        description="Ablation arms (grouped by config) compared on the validation objective, mean ± std over seeds.",
         blocks=[
             wr.H1(text="Ablation arms"),
             wr.P(text=f"Runs of W&B group '{group}'." if group else "All runs of the project."),
@@ -173,9 +171,7 @@ def to_json(obj) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
-def build(
-    entity: str, project: str, group: str | None, out: Path, arm_keys=ARM_KEYS, nfe=DEFAULT_NFE
-) -> list[Path]:
+def build(entity: str, project: str, group: str | None, out: Path, arm_keys=ARM_KEYS, nfe=DEFAULT_NFE) -> list[Path]:
     """Build both objects and write ``workspace_monitor.json`` and ``report_ablation.json`` atomically."""
     state = random.getstate()
     random.seed(0)  # wandb_workspaces draws panel / runset ids from `random`: fixed ids give stable diffs
@@ -217,13 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entity", required=True)
     p.add_argument("--project", required=True)
     p.add_argument("--group", default=None, help="W&B group (= sweep name) to filter on; default: all runs")
-    p.add_argument(
-        "--arm-key", action="append", default=None, help=f"config key of an arm (default: {ARM_KEYS})"
-    )
+    p.add_argument("--arm-key", action="append", default=None, help=f"config key of an arm (default: {ARM_KEYS})")
     p.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFEs of the sample panels")
-    p.add_argument(
-        "--out", type=Path, default=Path("dashboards"), help="build: output dir (default: dashboards/)"
-    )
+    p.add_argument("--out", type=Path, default=Path("dashboards"), help="build: output dir (default: dashboards/)")
     args = p.parse_args(argv)
     arm_keys = tuple(args.arm_key) if args.arm_key else ARM_KEYS
     try:

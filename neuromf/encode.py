@@ -59,9 +59,7 @@ def collect_inputs(source: str | os.PathLike, dataset: str | None = None) -> lis
     with columns path[,subject][,dataset][,diagnosis] (relative paths are relative to the CSV's folder)."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(
-            p for p in source.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith(".")
-        )
+        files = sorted(p for p in source.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
         if not files:
             raise DataError(f"{source}: no .nii/.nii.gz files found")
         ds = dataset if dataset is not None else source.resolve().name
@@ -208,9 +206,7 @@ def encode_dataset(
         rows.append(manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent))
         n_enc += 1
     dt = time.perf_counter() - t0
-    stats = finalize_store(
-        out_dir, rows, enc_cfg, pre_cfg, scale_factor, errors if on_error == "skip" else None
-    )
+    stats = finalize_store(out_dir, rows, enc_cfg, pre_cfg, scale_factor, errors if on_error == "skip" else None)
     return EncodeResult(out_dir, rows, errors, n_enc, n_skip, dt, stats)
 
 
@@ -245,9 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="identity: the preprocessed image (resampled to --latent-shape) as a 1-channel latent; "
         "maisi: MONAI AutoencoderKlMaisi (4 channels at 1/4 resolution)",
     )
-    p.add_argument(
-        "--checkpoint", help="maisi: AutoencoderKlMaisi state-dict file (e.g. autoencoder_epoch273.pt)"
-    )
+    p.add_argument("--checkpoint", help="maisi: AutoencoderKlMaisi state-dict file (e.g. autoencoder_epoch273.pt)")
     p.add_argument(
         "--maisi-config",
         help="maisi: JSON file or JSON string overriding the AutoencoderKlMaisi "
@@ -260,9 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="identity: latent grid (1 or 3 ints); default: the preprocessed --shape",
     )
-    p.add_argument(
-        "--spacing", type=float, nargs="+", default=[1.0], help="target voxel spacing in mm (1 or 3)"
-    )
+    p.add_argument("--spacing", type=float, nargs="+", default=[1.0], help="target voxel spacing in mm (1 or 3)")
     p.add_argument("--shape", type=int, nargs="+", default=[192], help="crop/pad to this grid (1 or 3 ints)")
     p.add_argument(
         "--percentiles",
@@ -271,15 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0.5, 99.5],
         help="intensity percentiles mapped to 0 and 1 (clipped)",
     )
-    p.add_argument(
-        "--dataset", help="dataset name for all inputs (default: the folder name; CSV column wins)"
-    )
+    p.add_argument("--dataset", help="dataset name for all inputs (default: the folder name; CSV column wins)")
     p.add_argument(
         "--scale-factor",
         type=_parse_scale,
         default=None,
-        help="latent scale factor recorded in stats.json: a number, or 'auto' = 1/std of the latents "
-        "(default 1.0)",
+        help="latent scale factor recorded in stats.json: a number, or 'auto' = 1/std of the latents (default 1.0)",
     )
     p.add_argument(
         "--on-error",

@@ -96,8 +96,7 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
         used = g[g["used"]]
         row = {"arm": arm, "n": len(used), "n_runs": len(g), "n_excluded": int((~g["used"]).sum())}
         row["excluded"] = ", ".join(
-            f"seed {s}: {st}"
-            for s, st in zip(g.loc[~g["used"], "seed"], g.loc[~g["used"], "status"], strict=True)
+            f"seed {s}: {st}" for s, st in zip(g.loc[~g["used"], "seed"], g.loc[~g["used"], "status"], strict=True)
         )
         for col in ["objective", *metric_cols]:
             vals = used[col].astype(float).dropna().to_numpy()
@@ -113,11 +112,7 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
     if len(table) and not math.isnan(table.loc[0, "objective mean"]):
         best = runs[(runs["arm"] == table.loc[0, "arm"]) & runs["used"]]["objective"].astype(float).to_numpy()
         for i in range(1, len(table)):
-            vals = (
-                runs[(runs["arm"] == table.loc[i, "arm"]) & runs["used"]]["objective"]
-                .astype(float)
-                .to_numpy()
-            )
+            vals = runs[(runs["arm"] == table.loc[i, "arm"]) & runs["used"]]["objective"].astype(float).to_numpy()
             table.loc[i, "diff vs best"] = float(np.mean(vals) - np.mean(best)) if len(vals) else math.nan
             if len(vals) >= 2 and len(best) >= 2:
                 res = stats.ttest_ind(vals, best, equal_var=False)
@@ -151,9 +146,7 @@ def plot_curves(records, arms, key, path: Path) -> bool:
         cs = _curve_stats([r for r in members if r.ok], key)
         if len(cs):
             (line,) = ax.plot(cs.index, cs["mean"], label=f"{arm} (n={int(cs['n'].max())})")
-            ax.fill_between(
-                cs.index, cs["mean"] - cs["std"], cs["mean"] + cs["std"], color=line.get_color(), alpha=0.2
-            )
+            ax.fill_between(cs.index, cs["mean"] - cs["std"], cs["mean"] + cs["std"], color=line.get_color(), alpha=0.2)
             drawn = True
         for r in members:
             s = r.series(key)
@@ -223,8 +216,7 @@ def md_table(df: pd.DataFrame) -> str:
     """GitHub markdown table (hand-written: pandas.to_markdown needs the optional tabulate package)."""
     head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
     body = "".join(
-        "| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |\n"
-        for row in df.itertuples(index=False)
+        "| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |\n" for row in df.itertuples(index=False)
     )
     return head + body
 
@@ -260,9 +252,7 @@ def render(sweeps, key, mode, arms_df, runs, images: dict[str, Path]) -> tuple[s
         "completed runs with a finite objective; std is the sample std (ddof=1). "
         "Welch t-test and 95% CI of the difference vs the best arm when both arms have n >= 2."
     )
-    runs_view = runs.drop(columns=["path"]).assign(
-        used=runs["used"].map({True: "yes", False: "**excluded**"})
-    )
+    runs_view = runs.drop(columns=["path"]).assign(used=runs["used"].map({True: "yes", False: "**excluded**"}))
     summ = arm_summary(arms_df)
     md = [
         f"# {title}\n",
@@ -290,9 +280,7 @@ def render(sweeps, key, mode, arms_df, runs, images: dict[str, Path]) -> tuple[s
     ]
     for name, p in images.items():
         b64 = base64.b64encode(p.read_bytes()).decode("ascii")
-        body.append(
-            f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">'
-        )
+        body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">')
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{css}</style></head><body>{''.join(body)}</body></html>"
@@ -314,9 +302,7 @@ def replace_dir(tmp: Path, out: Path) -> Path | None:
     return prev
 
 
-def build_report(
-    sweep_dirs, out: str | Path | None = None, metric: str = DEFAULT_OBJECTIVE, mode: str = "min"
-) -> dict:
+def build_report(sweep_dirs, out: str | Path | None = None, metric: str = DEFAULT_OBJECTIVE, mode: str = "min") -> dict:
     """Load the sweeps, compute the tables, write the report dir atomically; returns paths and tables."""
     import matplotlib
 
@@ -363,9 +349,7 @@ def build_report(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m neuromf.report", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "sweep_dirs", nargs="+", type=Path, help="Hydra multirun dir(s) (<sweep_dir>/<job>/.hydra)"
-    )
+    p.add_argument("sweep_dirs", nargs="+", type=Path, help="Hydra multirun dir(s) (<sweep_dir>/<job>/.hydra)")
     p.add_argument("--metric", default=DEFAULT_OBJECTIVE, help="objective metric (default: %(default)s)")
     p.add_argument("--mode", choices=["min", "max"], default="min", help="min: lower is better (default)")
     p.add_argument("--out", type=Path, default=None, help="report dir (default: <first sweep_dir>/report)")

@@ -19,9 +19,7 @@ class CheckpointError(ValueError):
     """The checkpoint is missing, not a NeuroMF checkpoint, or does not match its own model config."""
 
 
-def load_network(
-    ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu"
-) -> tuple[torch.nn.Module, dict]:
+def load_network(ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the MeanFlowUNet from the checkpoint's hyper-parameters and load its (EMA) weights.
 
     Loaded with weights_only=True: a checkpoint holding arbitrary Python objects is refused."""
@@ -54,17 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument(
-        "checkpoint", help="a .ckpt written by python -m neuromf.train (e.g. <run>/checkpoints/last.ckpt)"
-    )
+    ap.add_argument("checkpoint", help="a .ckpt written by python -m neuromf.train (e.g. <run>/checkpoints/last.ckpt)")
     ap.add_argument("--n", type=int, default=4, help="number of samples (default 4)")
     ap.add_argument("--nfe", type=int, default=1, help="sampling steps: 1 = one-step, >1 = Euler (default 1)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed (same seed -> same samples)")
     ap.add_argument("--out", default=None, help="output dir (default <run>/samples/cli_nfe<N>_seed<S>)")
     ap.add_argument("--no-ema", action="store_true", help="use the trained instead of the EMA weights")
-    ap.add_argument(
-        "--latent-dir", default=None, help="latent store to decode with (default: the training one)"
-    )
+    ap.add_argument("--latent-dir", default=None, help="latent store to decode with (default: the training one)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     try:
@@ -80,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     dm = LatentDataModule(**data)
     dm.setup()
     ckpt = Path(args.checkpoint).resolve()
-    out = (
-        Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"cli_nfe{args.nfe}_seed{args.seed}"
-    )
+    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"cli_nfe{args.nfe}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     eps = noise_like((args.n, *dm.latent_shape), args.seed, device=args.device)
     z = sample(net, eps, nfe=args.nfe).float().cpu()

@@ -135,9 +135,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers) -> pl.Trai
         from pytorch_lightning.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    return build(
-        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir)
-    )
+    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
@@ -189,9 +187,7 @@ def main(cfg: DictConfig) -> float:
     try:
         return train(cfg, run_dir)
     except Exception as err:
-        update_status(
-            run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()
-        )
+        update_status(run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         if raise_on_failure:
             raise
         log.exception("arm failed; recorded in %s/status.json", run_dir)

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from training_helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPT = REPO / "scripts" / "slurm-local.sh"
@@ -38,20 +40,24 @@ def slurm_cluster() -> str:
 # A training run that takes seconds on one CPU thread: a tiny UNet, 2 training batches of 2 demo latents, one
 # validation batch (val/loss_raw is the objective: eval=none logs no val/swd), CSV logging only.
 TINY_TRAIN = [
-    "model.num_channels=[8,8,16]",
-    "model.norm_num_groups=4",
-    "model.num_head_channels=8",
-    "logger=csv",
-    "eval=none",
-    "callbacks.samples.enabled=false",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
+    *TINY,
     "trainer.log_every_n_steps=1",
     "data.batch_size=2",
     "torch_threads=1",
     "objective=val/loss_raw",
 ]
 TINY_EPOCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run dirs of a sweep dir (named by job number), in job order."""
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def run_overrides(run_dir: Path) -> dict[str, str]:
+    """key -> value of a run's .hydra/overrides.yaml."""
+    lines = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    return dict(line.split("=", 1) for line in lines)
 
 
 def slurm_launcher(partition: str, timeout_min: int = 5) -> list[str]:

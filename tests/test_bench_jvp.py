@@ -124,7 +124,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(strategy):
             enable_gradient_checkpointing(model)
         z, _, _, _ = _inputs()
         loss, _ = MeanFlowObjective(jvp=strategy, time_sampler={"data_proportion": 0.5})(
-            model, z, generator=torch.Generator().manual_seed(5))
+            model, z, generator=torch.Generator().manual_seed(5)
+        )
         loss.backward()
         results.append((loss.detach(), _grads(model)))
     (l0, g0), (l1, g1) = results

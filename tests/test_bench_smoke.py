@@ -27,16 +27,50 @@ def _check(payload, cases):
 
 def test_bench_in_process_minimal(tmp_path):
     out = tmp_path / "b.json"
-    assert main(["--preset", "cpu-small", "--steps", "1", "--warmup", "0", "--strategies", "meanflow",
-                 "--jvp", "exact_fused", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--preset",
+                "cpu-small",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--strategies",
+                "meanflow",
+                "--jvp",
+                "exact_fused",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     _check(json.loads(out.read_text()), ["fm", "meanflow/exact_fused"])  # fm is added as the baseline
 
 
 @pytest.mark.slow
 def test_bench_cli_every_case(tmp_path):
     out = tmp_path / "sub" / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "neuromf.bench", "--preset", "cpu-small", "--steps", "2",
-                           "--warmup", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neuromf.bench",
+            "--preset",
+            "cpu-small",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads(out.read_text())
     cases = ["fm", "jvp_only/exact"] + [f"{k}/{j}" for k in ("meanflow", "imf") for j in ("exact", "fd", "exact_fused")]

@@ -32,12 +32,8 @@ def test_demo_store_real_brains_stratified(demo):
     # synthetic diagnosis is a real effect: "atrophy" heads are smaller (less foreground) than "control" ones
     fg = {r["subject"]: float((store.load(r["subject"])[0] > 0.1).float().mean()) for r in store.rows}
     for ds in ("mni152", "pydeface"):
-        ctrl = np.mean(
-            [fg[r["subject"]] for r in store.rows if r["dataset"] == ds and r["diagnosis"] == "control"]
-        )
-        atro = np.mean(
-            [fg[r["subject"]] for r in store.rows if r["dataset"] == ds and r["diagnosis"] == "atrophy"]
-        )
+        ctrl = np.mean([fg[r["subject"]] for r in store.rows if r["dataset"] == ds and r["diagnosis"] == "control"])
+        atro = np.mean([fg[r["subject"]] for r in store.rows if r["dataset"] == ds and r["diagnosis"] == "atrophy"])
         assert atro < ctrl
     assert list((demo / "previews").glob("*.png"))
     assert not [p for p in demo.parent.iterdir() if p.name.startswith(".tmp")]

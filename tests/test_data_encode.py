@@ -70,9 +70,7 @@ def corrupt_inputs(folder):
     raw = (folder / "mni152.nii.gz").read_bytes()
     (folder / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
-    nib.save(
-        nib.Nifti1Image(np.random.rand(8, 8, 8, 3).astype(np.float32), aff), str(folder / "fourd.nii.gz")
-    )
+    nib.save(nib.Nifti1Image(np.random.rand(8, 8, 8, 3).astype(np.float32), aff), str(folder / "fourd.nii.gz"))
     nan = np.random.rand(8, 8, 8).astype(np.float32)
     nan[1, 2, 3] = np.nan
     nib.save(nib.Nifti1Image(nan, aff), str(folder / "nan.nii.gz"))
@@ -138,9 +136,7 @@ def test_on_error_skip_records_and_continues(tmp_path, capsys):
 def test_duplicate_subject_ids(tmp_path):
     src = real_t1_folder(tmp_path / "in")
     table = tmp_path / "subjects.csv"
-    table.write_text(
-        f"path,subject,dataset,diagnosis\n{src / 'anatomical.nii'},s1,a,CN\nin/mni152.nii.gz,s1,b,AD\n"
-    )
+    table.write_text(f"path,subject,dataset,diagnosis\n{src / 'anatomical.nii'},s1,a,CN\nin/mni152.nii.gz,s1,b,AD\n")
     items = collect_inputs(table)
     assert items[1].path == str(tmp_path / "in" / "mni152.nii.gz") and items[1].diagnosis == "AD"
     with pytest.raises(DataError, match="duplicate subject id 's1'.*anatomical.nii"):
@@ -249,9 +245,7 @@ def test_maisi_encode_decode_with_tiny_network(tmp_path, tiny_maisi_ckpt):
     assert stats["encoder"]["name"] == "maisi" and stats["encoder"]["sample"] is False
     allz = torch.stack([store.load(s)[0] for s in store.subjects]).double()
     assert stats["encoder"]["scale_factor"] == pytest.approx(1.0 / allz.std(unbiased=False).item(), rel=1e-4)
-    np.testing.assert_allclose(
-        stats["channel_mean"], allz.mean(dim=(0, 2, 3, 4)).numpy(), rtol=1e-4, atol=1e-7
-    )
+    np.testing.assert_allclose(stats["channel_mean"], allz.mean(dim=(0, 2, 3, 4)).numpy(), rtol=1e-4, atol=1e-7)
     # posterior mean: deterministic and equal to the network's z_mu
     enc = build_encoder(stats["encoder"])
     image, _ = load_preprocessed(src / "mni152.nii.gz", FAST_PRE)

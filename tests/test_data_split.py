@@ -21,11 +21,7 @@ def test_proportions_per_stratum_within_one_subject_and_no_leakage():
     rows = make_rows(COUNTS)
     split = stratified_split(rows, (0.85, 0.10, 0.05), seed=3)
     sets = {k: set(v) for k, v in split.items()}
-    assert (
-        not (sets["train"] & sets["val"])
-        and not (sets["train"] & sets["test"])
-        and not (sets["val"] & sets["test"])
-    )
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
     assert set().union(*sets.values()) == {r["subject"] for r in rows}
     for (ds, dx), n in COUNTS.items():
         members = {r["subject"] for r in rows if r["dataset"] == ds and r["diagnosis"] == dx}

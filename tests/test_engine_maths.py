@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-
 from engine_helpers import GaussianFlow, tiny_model
+
 from neuromf.meanflow import MeanFlowObjective, TimeSampler, sample, time_derivative
 from neuromf.meanflow.objective import per_channel_distance
+
 
 @pytest.fixture(autouse=True)
 def _float64():
@@ -25,7 +26,7 @@ def _batch(b=6, shape=(1, 4, 4, 4), seed=0):
 
 @pytest.mark.parametrize("strategy", ["exact", "fd"])
 def test_mean_flow_identity_on_gaussian_flow(strategy):
-    """With the exact average velocity u and the marginal tangent, V = u + h du/dt equals v(z, t) (MeanFlow identity)."""
+    """Exact average velocity u and marginal tangent: V = u + h du/dt equals v(z, t) (the MeanFlow identity)."""
     flow = GaussianFlow(mu=1.5, s=0.5)
     x, eps, r, t = _batch()
     x = 1.5 + 0.5 * x

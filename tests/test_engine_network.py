@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 import torch
+from engine_helpers import TINY, tiny_model
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 
-from engine_helpers import TINY, tiny_model
 from neuromf.meanflow import MeanFlowObjective, sample
 from neuromf.meanflow.jvp import jvp_exact
 

@@ -78,9 +78,7 @@ def _trainer(tmp_path, callbacks, max_epochs, logger=False):
 
 
 def _cb(tmp_path, **kw):
-    args = dict(
-        num_samples=10, batch_size=4, swd_projections=32, feat3d_enabled=False, cache_dir=str(tmp_path / "c")
-    )
+    args = dict(num_samples=10, batch_size=4, swd_projections=32, feat3d_enabled=False, cache_dir=str(tmp_path / "c"))
     args.update(kw)
     return EvaluationCallback(**args)
 
@@ -96,9 +94,11 @@ def test_early_stopping_triggers_after_patience_on_plateau(tmp_path):
     assert es.stopped_epoch == 2 and trainer.current_epoch == 3
     assert len({h["val/swd"] for h in cb.history}) == 1  # fixed-seed noise -> identical values
     assert cb.best["val/swd"]["epoch"] == 0
-    assert all(c[1:3] == (2, True) for c in model.generate_calls) and [
-        c[0] for c in model.generate_calls[:3]
-    ] == [4, 4, 2]
+    assert all(c[1:3] == (2, True) for c in model.generate_calls) and [c[0] for c in model.generate_calls[:3]] == [
+        4,
+        4,
+        2,
+    ]
     # the logged value is the SWD between the generated set and the validation latents
     dm = FakeData()
     noise = torch.randn(10, *SHAPE, generator=torch.Generator().manual_seed(0))
@@ -157,9 +157,7 @@ def test_feat3d_logged_cached_and_summarised(tmp_path):
     metrics_csv = (tmp_path / "metrics.csv").read_text()
     assert "val/swd" in metrics_csv and "val/feat3d_fd" in metrics_csv
     # a second run with the same data and cache directory reuses the statistics from disk
-    cb2 = _cb(
-        tmp_path, feat3d_enabled=True, feat3d_every_n_epochs=2, feat3d_input_size=32, dataset_key="fake"
-    )
+    cb2 = _cb(tmp_path, feat3d_enabled=True, feat3d_every_n_epochs=2, feat3d_input_size=32, dataset_key="fake")
     dm2 = FakeData()
     _trainer(tmp_path / "run2", [cb2], max_epochs=1).fit(FakeModule(), datamodule=dm2)
     assert (cb2.cache.misses, cb2.cache.hits) == (0, 1) and dm2.decode_calls == 10
@@ -184,9 +182,7 @@ def test_fid_in_callback_with_random_weights(tmp_path):
     from monai.networks.nets import resnet50
 
     torch.manual_seed(0)
-    net = resnet50(
-        spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False, bias_downsample=False
-    )
+    net = resnet50(spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
     torch.save(net.state_dict(), tmp_path / "w.pt")
     cb = _cb(tmp_path, fid_weights=str(tmp_path / "w.pt"), fid_planes=["axial"], fid_every_n_epochs=2)
     _trainer(tmp_path, [cb], max_epochs=2).fit(FakeModule(), datamodule=FakeData())

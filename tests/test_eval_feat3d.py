@@ -65,9 +65,7 @@ def test_distance_orders_real_smoothed_noise(extractor):
     assert len(vols) == 3
 
     def augmented(n, seed):
-        aff = RandAffine(
-            prob=1.0, rotate_range=(0.08,) * 3, scale_range=(0.06,) * 3, translate_range=(3,) * 3
-        )
+        aff = RandAffine(prob=1.0, rotate_range=(0.08,) * 3, scale_range=(0.06,) * 3, translate_range=(3,) * 3)
         aff.set_random_state(seed)
         g = torch.Generator().manual_seed(seed)
         return [aff(vols[i % 3]) * (0.8 + 0.4 * torch.rand(1, generator=g)) for i in range(n)]

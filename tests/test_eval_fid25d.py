@@ -8,9 +8,7 @@ from neuromf.evaluation.fid25d import FID25D, _to_keras_layout, extract_slices, 
 
 
 def _resnet():
-    return resnet50(
-        spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False, bias_downsample=False
-    )
+    return resnet50(spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +113,7 @@ def test_fid25d_features_and_per_plane_distances(weights):
     fid = FID25D(weights[0], central_fraction=0.5, batch_size=32)
     real = _volumes(4, 0)
     f = fid.features(real)
-    assert {k: tuple(v.shape) for k, v in f.items()} == {
-        p: (4 * 12, 2048) for p in ("axial", "coronal", "sagittal")
-    }
+    assert {k: tuple(v.shape) for k, v in f.items()} == {p: (4 * 12, 2048) for p in ("axial", "coronal", "sagittal")}
     torch.testing.assert_close(fid.features(real)["axial"], f["axial"])  # deterministic (eval mode)
     # intensity scale does not matter (per-volume robust [0, 1] scaling)
     torch.testing.assert_close(fid.features(3.0 * real + 1.0)["coronal"], f["coronal"], rtol=1e-4, atol=1e-4)
@@ -125,9 +121,7 @@ def test_fid25d_features_and_per_plane_distances(weights):
     from neuromf.evaluation.frechet import FeatureStats
 
     def gauss(mu, var):
-        return FeatureStats(
-            mu=torch.full((3,), mu, dtype=torch.float64), sigma=var * torch.eye(3).double(), n=10
-        )
+        return FeatureStats(mu=torch.full((3,), mu, dtype=torch.float64), sigma=var * torch.eye(3).double(), n=10)
 
     fake = {"axial": gauss(1.0, 1.0), "coronal": gauss(0.0, 4.0), "sagittal": gauss(0.0, 1.0)}
     real_s = {p: gauss(0.0, 1.0) for p in fake}

@@ -22,9 +22,7 @@ def test_two_gaussians_closed_form():
     b = mu2 + s2 * torch.randn(n, d, generator=g, dtype=torch.float64)
     expected = ((mu1 - mu2) ** 2).sum() + ((s1 - s2) ** 2).sum()
     assert fid_from_features(a, b) == pytest.approx(expected.item(), rel=0.03)
-    assert frechet_distance(feature_stats(a), feature_stats(b)) == pytest.approx(
-        fid_from_features(a, b), rel=1e-6
-    )
+    assert frechet_distance(feature_stats(a), feature_stats(b)) == pytest.approx(fid_from_features(a, b), rel=1e-6)
 
 
 def test_rank_deficient_covariances_still_finite():

@@ -104,9 +104,7 @@ def test_report_stats_ranking_and_files(sweep, tmp_path):
     assert arms.loc[u, "final train/loss_raw mean"] == pytest.approx(1.2)
     assert arms.loc[x, "final train/loss_raw std"] == pytest.approx(0.5)
     # failed / diverged runs excluded from n and marked
-    assert (
-        arms.loc[u, "n"] == 3 and arms.loc[u, "n_runs"] == 4 and "seed 3: failed" in arms.loc[u, "excluded"]
-    )
+    assert arms.loc[u, "n"] == 3 and arms.loc[u, "n_runs"] == 4 and "seed 3: failed" in arms.loc[u, "excluded"]
     assert arms.loc[x, "n"] == 3 and "seed 3: diverged" in arms.loc[x, "excluded"]
     # Welch t-test vs best arm, from the textbook formula
     va, vb = 0.02**2 / 3, 0.05**2 / 3

@@ -101,12 +101,8 @@ def test_slurm_a100_with_training_config():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf")):
-        ddp = compose(
-            "train", overrides=["hydra/launcher=slurm_a100", "trainer=ddp"], return_hydra_config=True
-        )
-        gpu = compose(
-            "train", overrides=["hydra/launcher=slurm_a100", "trainer=gpu"], return_hydra_config=True
-        )
+        ddp = compose("train", overrides=["hydra/launcher=slurm_a100", "trainer=ddp"], return_hydra_config=True)
+        gpu = compose("train", overrides=["hydra/launcher=slurm_a100", "trainer=gpu"], return_hydra_config=True)
     assert ddp.hydra.launcher.tasks_per_node == ddp.trainer.devices == 4
     assert ddp.hydra.launcher.gpus_per_node == 4
     assert gpu.hydra.launcher.tasks_per_node == gpu.hydra.launcher.gpus_per_node == gpu.trainer.devices

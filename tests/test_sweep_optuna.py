@@ -15,18 +15,9 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_EPOCH, TINY_TRAIN, slurm_launcher
+from conftest import TINY_EPOCH, TINY_TRAIN, job_dirs, run_overrides, slurm_launcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-
-
-def _overrides(run_dir: Path) -> dict[str, str]:
-    lines = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
-    return dict(line.split("=", 1) for line in lines)
 
 
 def _trials(sweep_dir: Path, study_name: str) -> list[optuna.trial.FrozenTrial]:
@@ -67,10 +58,10 @@ def test_optuna_study_resumes_on_slurm(slurm_cluster, neuromf_multirun, tmp_path
     trials = _trials(sweep, "lr_optuna")
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    run_dirs = _job_dirs(sweep)
+    run_dirs = job_dirs(sweep)
     assert [p.name for p in run_dirs] == ["0", "1"]
     for trial, run_dir in zip(trials, run_dirs, strict=True):  # job num == trial number
-        ov = _overrides(run_dir)
+        ov = run_overrides(run_dir)
         assert float(ov["optim.lr"]) == pytest.approx(trial.params["optim.lr"])
         assert float(ov["optim.beta2"]) == pytest.approx(trial.params["optim.beta2"])
         assert 1e-5 <= trial.params["optim.lr"] <= 1e-3
@@ -88,7 +79,7 @@ def test_optuna_study_resumes_on_slurm(slurm_cluster, neuromf_multirun, tmp_path
     assert [(t.number, t.state, t.value) for t in _trials(sweep, "lr_optuna")] == [
         (t.number, t.state, t.value) for t in trials
     ]
-    assert [p.name for p in _job_dirs(sweep)] == ["0", "1"]
+    assert [p.name for p in job_dirs(sweep)] == ["0", "1"]
     assert _array_ids(sweep) == first_arrays  # nothing submitted
     assert "already has its 2 trials" in proc.stdout + proc.stderr
 
@@ -98,9 +89,9 @@ def test_optuna_study_resumes_on_slurm(slurm_cluster, neuromf_multirun, tmp_path
     assert [t.number for t in trials3] == [0, 1, 2]
     assert [(t.params, t.value) for t in trials3[:2]] == [(t.params, t.value) for t in trials]
     assert trials3[2].state == optuna.trial.TrialState.COMPLETE
-    run_dirs = _job_dirs(sweep)
+    run_dirs = job_dirs(sweep)
     assert [p.name for p in run_dirs] == ["0", "1", "2"]
-    assert float(_overrides(run_dirs[2])["optim.lr"]) == pytest.approx(trials3[2].params["optim.lr"])
+    assert float(run_overrides(run_dirs[2])["optim.lr"]) == pytest.approx(trials3[2].params["optim.lr"])
     assert {p.name: (p / "status.json").stat().st_mtime for p in run_dirs[:2]} == mtimes
     assert len(_array_ids(sweep) - first_arrays) == 1  # one new submission
     summary = pd.read_csv(sweep / "sweep_summary.csv")
@@ -136,8 +127,8 @@ def test_failed_arm_is_recorded_and_the_others_run(slurm_cluster, neuromf_multir
     assert by_jvp["exact"].state == optuna.trial.TrialState.COMPLETE and math.isfinite(by_jvp["exact"].value)
 
     statuses = {}
-    for run_dir in _job_dirs(sweep):
-        statuses[_overrides(run_dir)["loss.jvp"]] = json.loads((run_dir / "status.json").read_text())
+    for run_dir in job_dirs(sweep):
+        statuses[run_overrides(run_dir)["loss.jvp"]] = json.loads((run_dir / "status.json").read_text())
     assert statuses["fd"]["status"] == "failed"
     assert "fd" in statuses["fd"]["reason"] and "Traceback" in statuses["fd"]["traceback"]
     assert statuses["exact"]["status"] == "completed"

@@ -15,18 +15,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY_EPOCH, TINY_TRAIN, slurm_launcher
+from conftest import TINY_EPOCH, TINY_TRAIN, job_dirs, run_overrides, slurm_launcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-
-
-def _overrides(run_dir: Path) -> dict[str, str]:
-    lines = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
-    return dict(line.split("=", 1) for line in lines)
 
 
 def _submitit_logs(sweep_dir: Path, suffix: str) -> str:
@@ -49,11 +40,11 @@ def test_grid_2x2_on_slurm(slurm_cluster, neuromf_multirun, tmp_path):
         timeout=400,
     )
     print(f"2x2 grid on SLURM: {time.time() - t0:.0f}s")
-    run_dirs = _job_dirs(sweep)
+    run_dirs = job_dirs(sweep)
     assert [p.name for p in run_dirs] == ["0", "1", "2", "3"]
     arms = set()
     for run_dir in run_dirs:
-        ov = _overrides(run_dir)
+        ov = run_overrides(run_dir)
         arms.add((float(ov["optim.lr"]), int(ov["seed"])))
         status = json.loads((run_dir / "status.json").read_text())
         assert status["status"] == "completed", status
@@ -143,7 +134,7 @@ def test_timed_out_run_is_requeued_and_resumes(slurm_cluster, neuromf_multirun, 
         watcher.stop.set()
         watcher.join()
     total = time.time() - t0
-    (run_dir,) = _job_dirs(sweep)  # the requeued starts did not open another job dir
+    (run_dir,) = job_dirs(sweep)  # the requeued starts did not open another job dir
     out_log, err_log = _submitit_logs(sweep, "_log.out"), _submitit_logs(sweep, "_log.err")
     starts = out_log.count("Starting with JobEnvironment")
     assert starts >= 2, f"the job was never requeued:\n{out_log[-3000:]}"

@@ -37,9 +37,9 @@ def test_status_updates_merge(tmp_path):
 
 
 def test_override_tags_and_mode(monkeypatch):
-    assert override_tags(
-        ["model.conditioning=dual", "seed=1", "+data.seed=2", "hydra.launcher.partition=x"]
-    ) == ["model.conditioning=dual"]
+    assert override_tags(["model.conditioning=dual", "seed=1", "+data.seed=2", "hydra.launcher.partition=x"]) == [
+        "model.conditioning=dual"
+    ]
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert wandb_mode(None) == "offline"

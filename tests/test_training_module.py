@@ -17,9 +17,7 @@ from neuromf.training.optim import build_optimizer, build_scheduler
 def _lrs(schedule, steps=14, warmup=4, min_ratio=0.1):
     p = [torch.nn.Parameter(torch.zeros(1))]
     opt = build_optimizer(p, {"lr": 2.0})
-    sched = build_scheduler(
-        opt, {"schedule": schedule, "warmup_steps": warmup, "min_lr_ratio": min_ratio}, steps
-    )
+    sched = build_scheduler(opt, {"schedule": schedule, "warmup_steps": warmup, "min_lr_ratio": min_ratio}, steps)
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])
@@ -173,9 +171,7 @@ def test_sample_collector_determinism_nfe_ema_and_epoch_skipping(tmp_path):
         ema_net if use_ema else net, noise, nfe
     )
     module.log = lambda k, v, **kw: module.logged.__setitem__(k, v)
-    col = SampleCollector(
-        run_dir=str(tmp_path), every_n_epochs=2, num_samples=2, nfe_list=[1, 3], use_ema=True
-    )
+    col = SampleCollector(run_dir=str(tmp_path), every_n_epochs=2, num_samples=2, nfe_list=[1, 3], use_ema=True)
     assert not col.should_run(_collector_trainer(epoch=0)) and col.should_run(_collector_trainer(epoch=1))
     assert not col.should_run(_collector_trainer(epoch=1, rank0=False))  # rank guard
     a = col.collect(_collector_trainer(1), module)

@@ -27,11 +27,7 @@ RESUME = [
 
 def _losses(run_dir: Path) -> pd.Series:
     df = pd.read_csv(run_dir / "metrics.csv")
-    return (
-        df.dropna(subset=["train/loss_raw"])
-        .drop_duplicates("step", keep="last")
-        .set_index("step")["train/loss_raw"]
-    )
+    return df.dropna(subset=["train/loss_raw"]).drop_duplicates("step", keep="last").set_index("step")["train/loss_raw"]
 
 
 @pytest.mark.slow
@@ -64,10 +60,7 @@ def test_checkpoint_round_trip_and_sample_cli(tmp_path, capsys):
     first = torch.load(out / "samples.pt", weights_only=True)
     assert first.shape == (2, 1, 32, 32, 32)
     assert sorted(p.name for p in out.glob("sample_00*")) == ["sample_00.nii.gz", "sample_00.png"]
-    assert (
-        sample_main([str(ckpt), "--n", "2", "--nfe", "2", "--seed", "3", "--out", str(tmp_path / "again")])
-        == 0
-    )
+    assert sample_main([str(ckpt), "--n", "2", "--nfe", "2", "--seed", "3", "--out", str(tmp_path / "again")]) == 0
     torch.testing.assert_close(torch.load(tmp_path / "again" / "samples.pt", weights_only=True), first)
     assert str(out) in capsys.readouterr().out
 

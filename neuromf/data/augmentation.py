@@ -57,9 +57,7 @@ class LatentAugmentation:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 4 or z.shape[0] != self.noise_std.numel():
-            raise ValueError(
-                f"augmentation expects (C={self.noise_std.numel()}, D, H, W), got {tuple(z.shape)}"
-            )
+            raise ValueError(f"augmentation expects (C={self.noise_std.numel()}, D, H, W), got {tuple(z.shape)}")
         if self.flip_lr_prob > 0 and self._rand() < self.flip_lr_prob:
             z = torch.flip(z, dims=(1,))
         if self.noise_prob > 0 and bool((self.noise_std > 0).any()) and self._rand() < self.noise_prob:

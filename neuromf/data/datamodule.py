@@ -186,9 +186,7 @@ class LatentDataModule(pl.LightningDataModule):
             raise DataError(f"{self.latent_dir}/stats.json: shape must be [C, D, H, W], got {list(shape)}")
         bad = [r["subject"] for r in self.store.rows if parse_shape(r["shape"]) != shape]
         if bad:
-            raise DataError(
-                f"{self.latent_dir}/manifest.csv: subjects {bad[:5]} have a shape other than {shape}"
-            )
+            raise DataError(f"{self.latent_dir}/manifest.csv: subjects {bad[:5]} have a shape other than {shape}")
         if self.expected_channels is not None and int(self.expected_channels) != shape[0]:
             raise DataError(
                 f"{self.latent_dir}: latents have {shape[0]} channels but the model expects "
@@ -202,8 +200,7 @@ class LatentDataModule(pl.LightningDataModule):
             got = shape if len(exp) == 4 else shape[1:]
             if tuple(exp) != tuple(got):
                 raise DataError(
-                    f"{self.latent_dir}: latent shape {list(got)} does not match the model's expected "
-                    f"shape {list(exp)}"
+                    f"{self.latent_dir}: latent shape {list(got)} does not match the model's expected shape {list(exp)}"
                 )
         self.num_channels = shape[0]
         self.latent_shape = shape
@@ -214,9 +211,7 @@ class LatentDataModule(pl.LightningDataModule):
             split = load_split(path, self.store.subjects)
             unused = set(self.store.subjects) - {s for k in SPLIT_NAMES for s in split[k]}
             if unused:
-                log.warning(
-                    "%s: %d manifest subjects are not in the saved split and are not used", path, len(unused)
-                )
+                log.warning("%s: %d manifest subjects are not in the saved split and are not used", path, len(unused))
             return split
         split = stratified_split(self.store.rows, self.ratios, self.seed)
         if path is not None:
@@ -292,9 +287,7 @@ class LatentDataModule(pl.LightningDataModule):
         """z (B, C, D, H, W) normalised -> images (B, 1, X, Y, Z) via the store's encoder (on z's device)."""
         self.setup()
         if z.ndim != 5 or tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(
-                f"decode: expected (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}"
-            )
+            raise ValueError(f"decode: expected (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
         return self.encoder(z.device).decode(self.denormalize(z.float()))
 
     def save_sample(self, z: torch.Tensor, out_stem: str | Path) -> tuple[Path, Path]:
@@ -303,6 +296,4 @@ class LatentDataModule(pl.LightningDataModule):
 
         self.setup()
         z = self.denormalize(z.detach().float().cpu())
-        return save_decoded(
-            z, self.encoder("cpu"), self.reference_affine(), out_stem, title=Path(out_stem).name
-        )
+        return save_decoded(z, self.encoder("cpu"), self.reference_affine(), out_stem, title=Path(out_stem).name)

@@ -71,9 +71,7 @@ def load_sources() -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     ]
     head = resources.files("pydeface") / "data" / "mean_reg2mean.nii.gz"
     if not head.is_file():
-        raise FileNotFoundError(
-            f"pydeface's mean head not found at {head}; install pydeface (pip install pydeface)"
-        )
+        raise FileNotFoundError(f"pydeface's mean head not found at {head}; install pydeface (pip install pydeface)")
     img = nib.load(str(head))
     out.append(("pydeface", str(head), np.asarray(img.get_fdata(), np.float32), np.asarray(img.affine)))
     return out
@@ -132,10 +130,7 @@ def build_demo(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
     try:
         encoder = IdentityEncoder(latent_shape=spec["latent_shape"], image_shape=DEMO_PREPROCESS.shape)
-        sources = [
-            (ds, desc, _preprocess_array(data, aff, DEMO_PREPROCESS))
-            for ds, desc, data, aff in load_sources()
-        ]
+        sources = [(ds, desc, _preprocess_array(data, aff, DEMO_PREPROCESS)) for ds, desc, data, aff in load_sources()]
         pre_cfg = PreprocessConfig.from_dict(
             {
                 **DEMO_PREPROCESS.to_dict(),
@@ -156,9 +151,7 @@ def build_demo(
             diagnosis = DIAGNOSES[(i // len(sources)) % len(DIAGNOSES)]
             t = transforms[diagnosis]
             t.set_random_state(seed=(seed * 1_000_003 + i) % (2**32))
-            image = torch.as_tensor(
-                t(base.as_tensor().clone()), dtype=torch.float32
-            )  # plain tensor: grid unchanged
+            image = torch.as_tensor(t(base.as_tensor().clone()), dtype=torch.float32)  # plain tensor: grid unchanged
             latent = encoder.encode(image[None])[0]
             subject = f"{ds}-{i:04d}"
             rel = f"latents/{subject}.safetensors"
@@ -170,9 +163,7 @@ def build_demo(
             )
             rows.append(manifest_row(subject, ds, diagnosis, desc, rel, latent))
             if i < previews:
-                save_triplanar_png(
-                    image, tmp / "previews" / f"{subject}.png", title=f"{subject} ({diagnosis})"
-                )
+                save_triplanar_png(image, tmp / "previews" / f"{subject}.png", title=f"{subject} ({diagnosis})")
         finalize_store(tmp, rows, enc_cfg, pre_cfg, scale_factor=1.0)
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FileExistsError(f"{out_dir} already exists")

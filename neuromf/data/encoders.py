@@ -89,9 +89,7 @@ class IdentityEncoder(Encoder):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         _check_5d(latents, "latents")
         if latents.shape[1] != 1:
-            raise EncoderError(
-                f"identity decoder expects 1-channel latents, got shape {tuple(latents.shape)}"
-            )
+            raise EncoderError(f"identity decoder expects 1-channel latents, got shape {tuple(latents.shape)}")
         target = self.image_shape or tuple(latents.shape[2:])
         return _resample(latents.float(), target)
 
@@ -194,9 +192,7 @@ class MaisiEncoder(Encoder):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         _check_5d(latents, "latents")
         if latents.shape[1] != self.latent_channels:
-            raise EncoderError(
-                f"MAISI decoder expects {self.latent_channels} channels, got {tuple(latents.shape)}"
-            )
+            raise EncoderError(f"MAISI decoder expects {self.latent_channels} channels, got {tuple(latents.shape)}")
         return self.net.decode(latents.float().to(self.device)).float().cpu()
 
     def config(self) -> dict:
@@ -214,9 +210,5 @@ def build_encoder(config: dict, device: str = "cpu") -> Encoder:
     if name == "identity":
         return IdentityEncoder(config.get("latent_shape"), config.get("image_shape"))
     if name == "maisi":
-        return MaisiEncoder(
-            config.get("checkpoint"), config.get("network"), bool(config.get("sample", False)), device
-        )
-    raise EncoderError(
-        f"unknown encoder {name!r} (expected 'identity' or 'maisi'); config: {json.dumps(config)}"
-    )
+        return MaisiEncoder(config.get("checkpoint"), config.get("network"), bool(config.get("sample", False)), device)
+    raise EncoderError(f"unknown encoder {name!r} (expected 'identity' or 'maisi'); config: {json.dumps(config)}")

@@ -74,17 +74,13 @@ def check_nifti(path: str | os.PathLike) -> None:
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
-        raise DataError(
-            f"{path}: expected a 3D image, got shape {shape} (4D/time series images are not supported)"
-        )
+        raise DataError(f"{path}: expected a 3D image, got shape {shape} (4D/time series images are not supported)")
     if min(shape) == 0:
         raise DataError(f"{path}: empty image (shape {shape})")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # truncated gzip / short data block
-        raise DataError(
-            f"{path}: cannot read voxel data, file truncated or corrupt ({type(e).__name__}: {e})"
-        ) from e
+        raise DataError(f"{path}: cannot read voxel data, file truncated or corrupt ({type(e).__name__}: {e})") from e
     if not np.all(np.isfinite(data)):
         n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise DataError(f"{path}: {n_bad} NaN/Inf voxels")
@@ -121,9 +117,7 @@ def build_preprocess(cfg: PreprocessConfig):
     )
 
 
-def load_preprocessed(
-    path: str | os.PathLike, cfg: PreprocessConfig, pipeline=None
-) -> tuple[torch.Tensor, np.ndarray]:
+def load_preprocessed(path: str | os.PathLike, cfg: PreprocessConfig, pipeline=None) -> tuple[torch.Tensor, np.ndarray]:
     """Validate and preprocess one file -> (image (1, *cfg.shape) float32, affine (4, 4) float64)."""
     check_nifti(path)
     pipeline = pipeline or build_preprocess(cfg)
@@ -158,11 +152,7 @@ def _tmp_path(path: Path) -> Path:
 def save_nifti(image: torch.Tensor | np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write (X, Y, Z) or (1, X, Y, Z) image with the given affine atomically (temp + os.replace)."""
     path = Path(path)
-    arr = (
-        image.detach().cpu().float().numpy()
-        if isinstance(image, torch.Tensor)
-        else np.asarray(image, np.float32)
-    )
+    arr = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 3:
@@ -180,9 +170,7 @@ def save_nifti(image: torch.Tensor | np.ndarray, affine: np.ndarray, path: str |
     return path
 
 
-def save_triplanar_png(
-    image: torch.Tensor | np.ndarray, path: str | os.PathLike, title: str | None = None
-) -> Path:
+def save_triplanar_png(image: torch.Tensor | np.ndarray, path: str | os.PathLike, title: str | None = None) -> Path:
     """Three central slices (sagittal, coronal, axial) of a (X,Y,Z) or (1,X,Y,Z) RAS image -> PNG (atomic)."""
     import matplotlib
 
@@ -190,11 +178,7 @@ def save_triplanar_png(
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    arr = (
-        image.detach().cpu().float().numpy()
-        if isinstance(image, torch.Tensor)
-        else np.asarray(image, np.float32)
-    )
+    arr = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
     while arr.ndim > 3:
         arr = arr[0]
     cx, cy, cz = (s // 2 for s in arr.shape)

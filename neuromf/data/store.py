@@ -51,9 +51,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def write_latent(
-    path: str | os.PathLike, latent: torch.Tensor, affine: np.ndarray, metadata: dict | None = None
-):
+def write_latent(path: str | os.PathLike, latent: torch.Tensor, affine: np.ndarray, metadata: dict | None = None):
     """Atomically write latent (C,D,H,W) float32 + affine (4,4) float64 (+ str metadata) to safetensors."""
     path = Path(path)
     if latent.ndim != 4:
@@ -155,9 +153,7 @@ def dataset_stats(rows: list[dict]) -> tuple[list[float], list[float]]:
     return mu.tolist(), np.sqrt(np.maximum(var, 0.0)).tolist()
 
 
-def write_stats(
-    latent_dir, rows: list[dict], encoder_cfg: dict, preprocess_cfg: dict, extra: dict | None = None
-):
+def write_stats(latent_dir, rows: list[dict], encoder_cfg: dict, preprocess_cfg: dict, extra: dict | None = None):
     shapes = {r["shape"] for r in rows}
     if len(shapes) > 1:
         raise DataError(f"{latent_dir}: latents have different shapes {sorted(shapes)}")

@@ -82,10 +82,7 @@ class StatsCache:
             log.warning("statistics cache %s holds another key; recomputing", path)
             return None
         names = sorted({k.rsplit("/", 1)[0] for k in tensors})
-        stats = {
-            n: FeatureStats.from_tensors({p: tensors[f"{n}/{p}"] for p in ("mu", "sigma", "n")})
-            for n in names
-        }
+        stats = {n: FeatureStats.from_tensors({p: tensors[f"{n}/{p}"] for p in ("mu", "sigma", "n")}) for n in names}
         self._memory[canon] = stats
         return stats
 
@@ -105,9 +102,7 @@ class StatsCache:
         self._memory[_canonical(key)] = stats
         return path
 
-    def get_or_compute(
-        self, key: dict, compute: Callable[[], dict[str, FeatureStats]]
-    ) -> dict[str, FeatureStats]:
+    def get_or_compute(self, key: dict, compute: Callable[[], dict[str, FeatureStats]]) -> dict[str, FeatureStats]:
         """Cached statistics for ``key``; on a miss call ``compute()``, store and return its result."""
         stats = self.load(key)
         if stats is not None:

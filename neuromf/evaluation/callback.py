@@ -214,9 +214,7 @@ class EvaluationCallback(pl.Callback):
         metrics = self.evaluate(trainer, pl_module, epoch)
         for name, value in metrics.items():
             # identical on every rank (same seeds and weights); sync_dist keeps the logged value consistent
-            pl_module.log(
-                name, value, on_step=False, on_epoch=True, prog_bar=name == "val/swd", sync_dist=True
-            )
+            pl_module.log(name, value, on_step=False, on_epoch=True, prog_bar=name == "val/swd", sync_dist=True)
         self._update(metrics, epoch, trainer.global_step, time.perf_counter() - t0)
         if trainer.is_global_zero:
             self._write_summary(trainer, finished=False)
@@ -245,9 +243,7 @@ class EvaluationCallback(pl.Callback):
         gen = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(self.num_samples, *shape, generator=gen)
         out = [
-            pl_module.generate(
-                noise[i : i + self.batch_size].to(pl_module.device), nfe=self.nfe, use_ema=self.use_ema
-            )
+            pl_module.generate(noise[i : i + self.batch_size].to(pl_module.device), nfe=self.nfe, use_ema=self.use_ema)
             for i in range(0, self.num_samples, self.batch_size)
         ]
         return torch.cat(out).float()
@@ -297,9 +293,7 @@ class EvaluationCallback(pl.Callback):
             return metrics
         if not torch.isfinite(fake).all():
             for kind, _ in extractors:
-                names = (
-                    [f"fid_{p}" for p in self.fid_planes] + ["fid_mean"] if kind == "fid" else ["feat3d_fd"]
-                )
+                names = [f"fid_{p}" for p in self.fid_planes] + ["fid_mean"] if kind == "fid" else ["feat3d_fd"]
                 metrics |= {f"val/{n}": math.inf for n in names}
             return metrics
         dm = trainer.datamodule
@@ -316,9 +310,7 @@ class EvaluationCallback(pl.Callback):
             key = {"dataset": dkey, "backbone": ext.cache_key(), "kind": kind}
 
             def compute(kind=kind, ext=ext):
-                feats = [
-                    self._features(kind, ext, v) for v in self._decoded_batches(dm, real, pl_module.device)
-                ]
+                feats = [self._features(kind, ext, v) for v in self._decoded_batches(dm, real, pl_module.device)]
                 return self._stats(feats)
 
             real_stats = self.cache.get_or_compute(key, compute)

@@ -73,9 +73,7 @@ class DeepBetFeatures(nn.Module):
         net = torch.jit.load(str(self.model_path), map_location=torch.device(device))
         names = {n for n, _ in net.named_children()}
         if not set(ENCODER_STAGES) <= names or "conv" not in names:
-            raise ValueError(
-                f"{self.model_path}: unexpected deepbet network layout (children {sorted(names)})"
-            )
+            raise ValueError(f"{self.model_path}: unexpected deepbet network layout (children {sorted(names)})")
         self.net = net.eval()
         self.act = getattr(net.conv, "2")  # the shared ReLU the traced stages take as their first argument
         self._sha: str | None = None

@@ -128,18 +128,14 @@ def load_resnet50(weights: str | Path) -> nn.Module:
         )
     sd = _strip_prefixes(_read_state_dict(path))
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # classification head unused
-    model = resnet50(
-        spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False, bias_downsample=False
-    )
+    model = resnet50(spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False, bias_downsample=False)
     if "conv1.bias" in sd or "layer1.0.conv1.bias" in sd:
         _to_keras_layout(model)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     wrong = [
-        f"{k}: {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
+        f"{k}: {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
     ]
     if missing or unexpected or wrong:
         raise ValueError(
@@ -225,9 +221,7 @@ class FID25D:
         mean = torch.tensor(_MEANS[self.normalization], device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(_STDS[self.normalization], device=x.device).view(1, 3, 1, 1)
         if self.slice_size is not None:
-            x = F.interpolate(
-                x, size=(self.slice_size, self.slice_size), mode="bilinear", align_corners=False
-            )
+            x = F.interpolate(x, size=(self.slice_size, self.slice_size), mode="bilinear", align_corners=False)
         return (x - mean) / std
 
     @torch.no_grad()

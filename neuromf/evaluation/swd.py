@@ -56,9 +56,7 @@ def _quantile_grid(n: int, m: int, device) -> tuple[torch.Tensor, torch.Tensor, 
     Returns (ix, iy, w): on each interval between consecutive breakpoints {i/n} U {j/m} both quantile
     functions are constant (sorted[ix], sorted[iy]); w are the interval lengths (sum to 1).
     """
-    u = torch.cat(
-        [torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m]
-    )
+    u = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m])
     u = torch.unique(u)  # sorted
     w = torch.diff(u, prepend=torch.zeros(1, dtype=torch.float64))
     mid = u - w / 2

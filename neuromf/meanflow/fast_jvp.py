@@ -96,11 +96,29 @@ class _ConvFn(Function):
         stride, padding, dilation, groups, _, has_b = ctx.conf
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_b and ctx.needs_input_grad[2]]
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            g.to(xc.dtype), xc, wc, [wc.shape[0]] if has_b else None, stride, padding, dilation, False,
-            [0] * len(stride), groups, mask)
+            g.to(xc.dtype),
+            xc,
+            wc,
+            [wc.shape[0]] if has_b else None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * len(stride),
+            groups,
+            mask,
+        )
         dx, dw, db = ctx.dtypes
-        return (gx.to(dx) if mask[0] else None, gw.to(dw) if mask[1] else None,
-                gb.to(db) if mask[2] else None, None, None, None, None, None)
+        return (
+            gx.to(dx) if mask[0] else None,
+            gw.to(dw) if mask[1] else None,
+            gb.to(db) if mask[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     @staticmethod
     def jvp(ctx, tx, tw, tb, *_):
@@ -112,7 +130,8 @@ class _ConvFn(Function):
             raise NotImplementedError("fused JVP: parameter tangents are not supported")
         with torch.no_grad(), _no_autocast(wc):
             return torch.ops.aten.convolution(
-                _cast(tx, wc.dtype), wc.detach(), None, stride, padding, dilation, False, [0] * len(stride), groups)
+                _cast(tx, wc.dtype), wc.detach(), None, stride, padding, dilation, False, [0] * len(stride), groups
+            )
 
 
 class _LinearFn(Function):
@@ -141,8 +160,12 @@ class _LinearFn(Function):
         gw = g2.t() @ x2 if ctx.needs_input_grad[1] else None
         gb = g2.sum(0) if ctx.dtypes[2] is not None and ctx.needs_input_grad[2] else None
         dx, dw, db = ctx.dtypes
-        return (None if gx is None else gx.to(dx), None if gw is None else gw.to(dw),
-                None if gb is None else gb.to(db), None)
+        return (
+            None if gx is None else gx.to(dx),
+            None if gw is None else gw.to(dw),
+            None if gb is None else gb.to(db),
+            None,
+        )
 
     @staticmethod
     def jvp(ctx, tx, tw, tb, _):
@@ -164,7 +187,8 @@ class _GroupNormFn(Function):
         with _no_autocast(x):
             xc, wc = _cast(x, dtype).contiguous(), _cast(w, dtype)
             out, mean, rstd = torch.ops.aten.native_group_norm(
-                xc, wc, _cast(b, dtype), n, c, xc.numel() // (n * c), groups, eps)
+                xc, wc, _cast(b, dtype), n, c, xc.numel() // (n * c), groups, eps
+            )
         ctx.save_for_backward(xc, wc, mean, rstd)
         ctx.save_for_forward(xc, wc, mean, rstd)
         ctx.set_materialize_grads(False)
@@ -181,10 +205,17 @@ class _GroupNormFn(Function):
         n, c = xc.shape[:2]
         mask = [ctx.needs_input_grad[0], has_w and ctx.needs_input_grad[1], has_b and ctx.needs_input_grad[2]]
         gx, gw, gb = torch.ops.aten.native_group_norm_backward(
-            g.to(xc.dtype).contiguous(), xc, mean, rstd, wc, n, c, xc.numel() // (n * c), groups, mask)
+            g.to(xc.dtype).contiguous(), xc, mean, rstd, wc, n, c, xc.numel() // (n * c), groups, mask
+        )
         dx, dw, db = ctx.dtypes
-        return (gx.to(dx) if mask[0] else None, gw.to(dw) if mask[1] else None,
-                gb.to(db) if mask[2] else None, None, None, None)
+        return (
+            gx.to(dx) if mask[0] else None,
+            gw.to(dw) if mask[1] else None,
+            gb.to(db) if mask[2] else None,
+            None,
+            None,
+            None,
+        )
 
     @staticmethod
     def jvp(ctx, tx, tw, tb, *_):
@@ -291,8 +322,16 @@ class FusedJVPConv(nn.Conv3d):
     def forward(self, x: Tensor) -> Tensor:
         if not fused_active():
             return super().forward(x)
-        return _ConvFn.apply(x, self.weight, self.bias, list(self.stride), list(self.padding),
-                             list(self.dilation), self.groups, _autocast_dtype(x))
+        return _ConvFn.apply(
+            x,
+            self.weight,
+            self.bias,
+            list(self.stride),
+            list(self.padding),
+            list(self.dilation),
+            self.groups,
+            _autocast_dtype(x),
+        )
 
 
 class FusedJVPLinear(nn.Linear):
@@ -306,8 +345,14 @@ class FusedJVPGroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not fused_active():
             return super().forward(x)
-        return _GroupNormFn.apply(x, self.weight, self.bias, self.num_groups, self.eps,
-                                  torch.float32 if _autocast_dtype(x) is not None else None)
+        return _GroupNormFn.apply(
+            x,
+            self.weight,
+            self.bias,
+            self.num_groups,
+            self.eps,
+            torch.float32 if _autocast_dtype(x) is not None else None,
+        )
 
 
 class FusedJVPSiLU(nn.SiLU):
@@ -320,8 +365,15 @@ class FusedJVPSABlock(SABlock):
     relative positions, causal masks, attention masks or active attention dropout)."""
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        plain = (not fused_active() or attn_mask is not None or self.causal or self.rel_positional_embedding is not None
-                 or self.save_attn or self.attention_dtype is not None or (self.training and self.drop_weights.p > 0))
+        plain = (
+            not fused_active()
+            or attn_mask is not None
+            or self.causal
+            or self.rel_positional_embedding is not None
+            or self.save_attn
+            or self.attention_dtype is not None
+            or (self.training and self.drop_weights.p > 0)
+        )
         if plain:
             return super().forward(x, attn_mask)
         if self.use_combined_linear:
@@ -337,8 +389,13 @@ class FusedJVPSABlock(SABlock):
         return self.drop_output(y)
 
 
-_SWAPS = {SABlock: FusedJVPSABlock, nn.Conv3d: FusedJVPConv, nn.Linear: FusedJVPLinear,
-          nn.GroupNorm: FusedJVPGroupNorm, nn.SiLU: FusedJVPSiLU}
+_SWAPS = {
+    SABlock: FusedJVPSABlock,
+    nn.Conv3d: FusedJVPConv,
+    nn.Linear: FusedJVPLinear,
+    nn.GroupNorm: FusedJVPGroupNorm,
+    nn.SiLU: FusedJVPSiLU,
+}
 
 
 def prepare_fused_jvp(model: nn.Module) -> nn.Module:

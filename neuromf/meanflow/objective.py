@@ -78,10 +78,15 @@ class MeanFlowObjective:
     def adaptive_loss(self, delta: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Adaptively weighted loss of one term. Returns (weighted loss (), per-sample d (B,), per-channel (B, C))."""
         per_ch = per_channel_distance(delta, self.p, mask)
-        lam = torch.ones(per_ch.shape[1], device=per_ch.device) if self.channel_weights is None else (
-            torch.as_tensor(self.channel_weights, dtype=per_ch.dtype, device=per_ch.device))
+        lam = (
+            torch.ones(per_ch.shape[1], device=per_ch.device)
+            if self.channel_weights is None
+            else (torch.as_tensor(self.channel_weights, dtype=per_ch.dtype, device=per_ch.device))
+        )
         if lam.numel() != per_ch.shape[1]:
-            raise ValueError(f"loss.channel_weights has {lam.numel()} entries but latents have {per_ch.shape[1]} channels")
+            raise ValueError(
+                f"loss.channel_weights has {lam.numel()} entries but latents have {per_ch.shape[1]} channels"
+            )
         d = (per_ch * lam).sum(1) / lam.sum()
         w = 1.0 / (d.detach() + self.norm_eps).pow(self.norm_p)
         return (w * d).mean(), d, per_ch

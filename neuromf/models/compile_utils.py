@@ -78,8 +78,9 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     return model
 
 
-def compiled_time_derivative(model: nn.Module, strategy: str = "exact", fd_step: float = 1e-3,
-                             **compile_kwargs) -> Callable:
+def compiled_time_derivative(
+    model: nn.Module, strategy: str = "exact", fd_step: float = 1e-3, **compile_kwargs
+) -> Callable:
     """A drop-in for neuromf.meanflow.jvp.time_derivative with the JVP (and the u forward) under torch.compile.
 
     Returns fn(model, z_t, r, t, v_tilde, strategy=..., fd_step=...) -> (u with graph, du/dt detached); set it as

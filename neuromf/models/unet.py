@@ -116,7 +116,7 @@ class MeanFlowUNet(nn.Module):
         return emb
 
     def _features(self, z: Tensor, emb: Tensor) -> Tensor:
-        """MAISI UNet body up to (excluding) its output block: (B, C0, D, H, W). Mirrors DiffusionModelUNetMaisi.forward."""
+        """MAISI UNet body up to its output block: (B, C0, D, H, W). Mirrors DiffusionModelUNetMaisi.forward."""
         unet = self.unet
         feats = unet.conv_in(z)
         feats, skips = unet._apply_down_blocks(feats, emb, None, None)

@@ -32,9 +32,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         impl.job_idx = len(trials)
         impl.n_trials = max(0, impl.n_trials - finished)
         if trials:
-            log.info(
-                "resuming study %r: %d trials finished, %d to go", impl.study_name, finished, impl.n_trials
-            )
+            log.info("resuming study %r: %d trials finished, %d to go", impl.study_name, finished, impl.n_trials)
         if impl.n_trials == 0:
             log.info("study %r already has its %d trials", impl.study_name, finished)
             return None

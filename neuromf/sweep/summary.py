@@ -54,6 +54,4 @@ class SweepSummary(Callback):
             log.warning("no sweep summary: %s", err)
             return
         done = sum(r["status"] == "completed" for r in rows)
-        log.info(
-            "sweep summary: %d/%d arms completed -> %s", done, len(rows), sweep_dir / "sweep_summary.csv"
-        )
+        log.info("sweep summary: %d/%d arms completed -> %s", done, len(rows), sweep_dir / "sweep_summary.csv")

@@ -32,8 +32,7 @@ class DivergenceMonitor(pl.Callback):
         elif step > self.grace_steps and value > self.threshold * self.running_min:
             self._stop(
                 trainer,
-                f"raw loss {value:.4g} > {self.threshold} x running minimum "
-                f"{self.running_min:.4g} at step {step}",
+                f"raw loss {value:.4g} > {self.threshold} x running minimum {self.running_min:.4g} at step {step}",
             )
         if math.isfinite(value):
             self.running_min = min(self.running_min, value)

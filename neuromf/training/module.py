@@ -65,9 +65,7 @@ class MeanFlowModule(pl.LightningModule):
     def _gen(self) -> torch.Generator:
         """The module's generator on its current device (re-created after a device move, restored on resume)."""
         if self.generator is None or self.generator.device.type != self.device.type:
-            self.generator = torch.Generator(device=self.device).manual_seed(
-                self.hparams.seed + self.global_rank
-            )
+            self.generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + self.global_rank)
             if self._pending_generator_state is not None:
                 self.generator.set_state(self._pending_generator_state)
                 self._pending_generator_state = None
@@ -125,10 +123,6 @@ class MeanFlowModule(pl.LightningModule):
     def configure_optimizers(self):
         optim = dict(self.hparams.optim)
         optimizer = build_optimizer(self.net.parameters(), optim)
-        total = (
-            self.trainer.estimated_stepping_batches
-            if self._trainer is not None
-            else optim.get("total_steps", 1)
-        )
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else optim.get("total_steps", 1)
         scheduler = build_scheduler(optimizer, optim, total_steps=int(optim.get("total_steps") or total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -31,9 +31,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: dict, total_steps: 
     if schedule == "constant":
         main: LRScheduler = ConstantLR(optimizer, factor=1.0, total_iters=0)
     elif schedule == "linear":
-        main = LinearLR(
-            optimizer, start_factor=1.0, end_factor=max(min_ratio, 1e-12), total_iters=decay_steps
-        )
+        main = LinearLR(optimizer, start_factor=1.0, end_factor=max(min_ratio, 1e-12), total_iters=decay_steps)
     else:
         base = optimizer.param_groups[0]["lr"]
         main = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=base * min_ratio)
