@@ -109,3 +109,17 @@ def test_train_cli_reports_a_bad_override_with_hydras_message(tmp_path):
     assert proc.returncode != 0
     assert "Could not override 'model.conditionning'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_is_recorded_and_returns_nan(tmp_path):
+    """An absurd learning rate blows the weights up: the monitor stops the run, status.json says why, and the
+    task returns NaN (an Optuna FAIL) instead of raising."""
+    run = tmp_path / "run"
+    result = train(
+        tiny_cfg(*RESUME, "trainer.max_epochs=3", "optim.lr=1e30", "callbacks.divergence.grace_steps=0"), run
+    )
+    status = read_status(run)
+    assert result != result  # NaN
+    assert status["status"] == "diverged" and ("nan" in status["reason"] or "running minimum" in status["reason"])
+    assert status["global_step"] < 6  # stopped before the 3 epochs x 2 steps
