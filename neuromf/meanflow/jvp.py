@@ -60,7 +60,7 @@ def jvp_fd(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, u: Tensor,
 
 
 def time_derivative(
-    model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, strategy: str = "exact", fd_step: float = 1e-3
+    model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, strategy: str = "exact", fd_step: float = 1e-4
 ) -> tuple[Tensor, Tensor]:
     """(u with grad, du/dt detached) for the chosen strategy."""
     if strategy == "exact":

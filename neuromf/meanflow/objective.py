@@ -55,7 +55,7 @@ class MeanFlowObjective:
     """
 
     jvp: Literal["exact", "fd", "exact_fused"] = "exact"
-    fd_step: float = 1e-3
+    fd_step: float = 1e-4
     p: float = 2.0
     norm_p: float = 1.0
     norm_eps: float = 0.01
