@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+from neuromf.data.encoders import EncoderError
+from neuromf.data.io import DataError
 from neuromf.instantiate import build
 from neuromf.meanflow import check_jvp_strategy
 from neuromf.tracking.csv_logger import RunCSVLogger
@@ -138,9 +141,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers) -> pl.Trai
     return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
 
 
+class InputError(Exception):
+    """A bad configuration or input (data, checkpoint): reported as one message, without a traceback."""
+
+
 def train(cfg: DictConfig, run_dir: Path) -> float:
     """Fit one run in `run_dir`; writes status.json and returns the objective (NaN when diverged)."""
-    check_jvp_strategy(cfg.model.prediction_type, cfg.loss.jvp)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     if cfg.trainer.get("accelerator") == "cpu":
@@ -148,14 +154,21 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     pl.seed_everything(cfg.seed, workers=True)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     update_status(run_dir, status="running", reason=None, objective_key=cfg.objective, overrides=overrides)
-    datamodule = build_datamodule(cfg, run_dir)
-    module = build_module(cfg)
+    try:  # everything that checks the config and the data, before any training
+        check_jvp_strategy(cfg.model.prediction_type, cfg.loss.jvp)
+        datamodule = build_datamodule(cfg, run_dir)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        module = build_module(cfg)
+        ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    except (DataError, EncoderError, ValueError, FileNotFoundError) as err:
+        raise InputError(str(err)) from err
     callbacks = build_callbacks(cfg, run_dir)
     loggers = build_loggers(cfg, run_dir)
     for logger in loggers:
         logger.log_hyperparams(flat_config(OmegaConf.to_container(cfg, resolve=True)))
     trainer = build_trainer(cfg, run_dir, callbacks, loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     divergence = next(c for c in callbacks if isinstance(c, DivergenceMonitor))
     tracker = next(c for c in callbacks if isinstance(c, ObjectiveTracker))
@@ -186,6 +199,13 @@ def main(cfg: DictConfig) -> float:
     raise_on_failure = (not in_sweep) if cfg.raise_on_failure is None else cfg.raise_on_failure
     try:
         return train(cfg, run_dir)
+    except InputError as err:
+        update_status(run_dir, status="failed", reason=f"InputError: {err}")
+        if raise_on_failure:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        log.error("arm failed: %s (recorded in %s/status.json)", err, run_dir)
+        return math.nan
     except Exception as err:
         update_status(run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         if raise_on_failure:

@@ -123,3 +123,19 @@ def test_a_diverging_run_stops_is_recorded_and_returns_nan(tmp_path):
     assert result != result  # NaN
     assert status["status"] == "diverged" and ("nan" in status["reason"] or "running minimum" in status["reason"])
     assert status["global_step"] < 6  # stopped before the 3 epochs x 2 steps
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.in_channels=4", "latents have 1 channels but the model expects 4"),
+        ("data.latent_dir=/nonexistent/store", "/nonexistent/store/manifest.csv: manifest not found"),
+        ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt: no such checkpoint"),
+    ],
+)
+def test_train_cli_reports_bad_input_in_one_line(tmp_path, override, message):
+    cmd = [sys.executable, "-m", "neuromf.train", override, "logger=csv", f"hydra.run.dir={tmp_path}/run"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert read_status(tmp_path / "run")["status"] == "failed"
