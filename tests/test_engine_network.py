@@ -144,3 +144,17 @@ def test_exact_jvp_under_bf16_autocast_runs_in_float32_and_trains():
     torch.testing.assert_close(inside, reference)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention needs CUDA")
+def test_exact_jvp_with_flash_attention_takes_the_math_kernel():
+    """A model built with use_flash_attention=True (SDPA) still gets an exact JVP equal to the einsum path's."""
+    flash = tiny_model(use_flash_attention=True).cuda()
+    plain = tiny_model(use_flash_attention=False).cuda()
+    plain.load_state_dict(flash.state_dict())
+    z, r, t = (a.cuda() for a in _inputs())
+    tangent = torch.randn_like(z)
+    torch.testing.assert_close(
+        jvp_exact(flash, z, r, t, tangent), jvp_exact(plain, z, r, t, tangent), atol=1e-4, rtol=1e-3
+    )

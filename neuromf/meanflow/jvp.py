@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from neuromf.meanflow.fast_jvp import jvp_exact_fused
 
@@ -46,7 +47,9 @@ def jvp_exact(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor) -> Tens
     334 ms at 4x48^3, batch 8). The trained primal u keeps the surrounding autocast.
     """
     z_t, r, t, v_tilde = _full(z_t), _full(r), _full(t), _full(v_tilde)
-    with torch.no_grad(), torch.autocast(z_t.device.type, enabled=False):
+    # SDPA's flash / memory-efficient kernels have no forward-mode AD: a model built with
+    # use_flash_attention=True (MONAI's SDPA path) takes its JVP through the math kernel
+    with torch.no_grad(), torch.autocast(z_t.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
         _, du_dt = torch.func.jvp(lambda z, tt: model(z, r, tt), (z_t, t), (v_tilde, torch.ones_like(t)))
     return du_dt
 
