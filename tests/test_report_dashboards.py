@@ -13,28 +13,16 @@ def _panels(sections):
     return {s["name"]: s["panels"] for s in sections}
 
 
+def _build(out) -> int:
+    """`python -m neuromf.dashboards build` for a fixed entity/project/group into `out`."""
+    args = ["build", "--entity", "ent", "--project", "proj", "--group", "abl_pred", "--out", str(out)]
+    return main([*args, "--nfe", "1", "4"])
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("dash")
-    assert (
-        main(
-            [
-                "build",
-                "--entity",
-                "ent",
-                "--project",
-                "proj",
-                "--group",
-                "abl_pred",
-                "--out",
-                str(out),
-                "--nfe",
-                "1",
-                "4",
-            ]
-        )
-        == 0
-    )
+    assert _build(out) == 0
     return out
 
 
@@ -78,22 +66,7 @@ def test_report_groups_arms(built):
 
 
 def test_build_is_stable(built, tmp_path):
-    main(
-        [
-            "build",
-            "--entity",
-            "ent",
-            "--project",
-            "proj",
-            "--group",
-            "abl_pred",
-            "--out",
-            str(tmp_path),
-            "--nfe",
-            "1",
-            "4",
-        ]
-    )
+    assert _build(tmp_path) == 0
     for name in ("workspace_monitor.json", "report_ablation.json"):
         assert (tmp_path / name).read_text() == (built / name).read_text()
 
