@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from neuromf.data import LatentDataModule
+    from neuromf.train import datamodule_from_config
 
-    data = {k: v for k, v in (hparams.get("data") or {}).items() if k not in ("_target_", "mask_ratio")}
+    data = dict(hparams.get("data") or {"_target_": "neuromf.data.LatentDataModule"})
     if args.latent_dir:
         data["latent_dir"] = args.latent_dir
-    dm = LatentDataModule(**data)
+    dm = datamodule_from_config(data)
     dm.setup()
     ckpt = Path(args.checkpoint).resolve()
     out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"cli_nfe{args.nfe}_seed{args.seed}"

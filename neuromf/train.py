@@ -36,10 +36,14 @@ log = logging.getLogger("neuromf.train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def datamodule_from_config(data: dict, **kwargs):
+    """The LatentDataModule of a `data` config (its `mask_ratio` belongs to the objective, not the datamodule)."""
+    return build({k: v for k, v in data.items() if k != "mask_ratio"}, **kwargs)
+
+
 def build_datamodule(cfg: DictConfig, run_dir: Path):
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    data.pop("mask_ratio", None)
-    return build(data, run_dir=str(run_dir), expected_channels=cfg.model.in_channels)
+    return datamodule_from_config(data, run_dir=str(run_dir), expected_channels=cfg.model.in_channels)
 
 
 def build_module(cfg: DictConfig) -> MeanFlowModule:
