@@ -122,7 +122,12 @@ def finalize_store(
     """Write manifest.csv, stats.json (and errors.csv when ``errors`` is not None) atomically."""
     out_dir = Path(out_dir)
     if not rows:
-        raise DataError(f"{out_dir}: no subject could be encoded (see errors above / errors.csv)")
+        if errors:
+            write_csv(out_dir / "errors.csv", errors, ERROR_COLUMNS)
+            raise DataError(
+                f"{out_dir}: no subject could be encoded ({len(errors)} errors in {out_dir / 'errors.csv'})"
+            )
+        raise DataError(f"{out_dir}: no subject could be encoded")
     if scale_factor == "auto":
         scale = compute_scale_factor(rows)
     else:

@@ -28,14 +28,14 @@ from scipy import stats
 
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, RunRecord, load_sweep
 
-# (aggregate, metric) columns reported per arm when at least one run logged the metric.
-MAIN_METRICS = [
-    ("best", "val/swd"),
-    ("final", "train/loss_raw"),
-    ("best", "val/fid_mean"),
-    ("best", "val/feat3d_fd"),
-]
-CURVES = [("train/loss_raw", "curve_train_loss_raw.png"), ("val/swd", "curve_val_swd.png")]
+# Loss terms compared per term (never train/loss_raw: it is loss_u + loss_v with a v-head, loss_u without).
+LOSS_TERMS = [("final", "train/loss_u"), ("final", "train/loss_v"), ("best", "val/loss_u"), ("best", "val/loss_v")]
+SUM_KEYS = ("train/loss_raw", "val/loss_raw")
+REPLICATE_KEYS = ("seed",)  # config keys that vary between seeds of one arm by design
+CONFIG_SKIP = ("hydra",)  # config subtrees that are bookkeeping, not settings
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0
+NO_STATS = "n = 1: no statistics"
 
 
 # ----------------------------------------------------------------------------------------- grouping

@@ -6,6 +6,7 @@ Optuna records as a failed trial) so Hydra's sweepers can read it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -21,15 +22,26 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+from neuromf.config_schema import check_config
 from neuromf.data.encoders import EncoderError
 from neuromf.data.io import DataError
 from neuromf.instantiate import build
 from neuromf.meanflow import check_jvp_strategy
+from neuromf.models.maisi_init import init_from_maisi
 from neuromf.tracking.csv_logger import RunCSVLogger
-from neuromf.tracking.run import flat_config, stable_run_id, update_status
+from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
+from neuromf.tracking.run import clean_config, provenance, stable_run_id, update_status
+from neuromf.tracking.wandb_setup import override_tags
 from neuromf.training.callbacks import DiagnosticsLogger, DivergenceMonitor, ObjectiveTracker, SampleCollector
-from neuromf.training.checkpoint_io import AtomicCheckpointIO
+from neuromf.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    CheckpointReadError,
+    CheckpointWriteError,
+    find_resume_checkpoint,
+    validate_checkpoint,
+)
 from neuromf.training.ema import EMA
+from neuromf.training.progress import ProgressFile
 from neuromf.training.module import MeanFlowModule
 
 log = logging.getLogger("neuromf.train")
@@ -108,13 +120,21 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
             )
     if cb.samples.enabled:
         kwargs = {k: v for k, v in OmegaConf.to_container(cb.samples, resolve=True).items() if k != "enabled"}
-        callbacks.append(SampleCollector(run_dir=str(run_dir), use_ema=cb.ema_inference, **kwargs))
-    callbacks.append(EMA(decay=cb.ema.decay, update_every_n_steps=cb.ema.update_every_n_steps))
+        label = " ".join(override_tags(list(HydraConfig.get().overrides.task))) if HydraConfig.initialized() else ""
+        callbacks.append(SampleCollector(run_dir=str(run_dir), use_ema=cb.ema_inference, label=label, **kwargs))
+    callbacks.append(
+        EMA(
+            decay=cb.ema.decay,
+            update_every_n_steps=cb.ema.update_every_n_steps,
+            warmup=cb.ema.get("warmup", True),
+        )
+    )
+    callbacks.append(ProgressFile(str(run_dir)))  # what a sweep's launcher prints (neuromf/sweep/progress.py)
     return callbacks
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    loggers = [RunCSVLogger(str(run_dir))]
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    loggers = [RunCSVLogger(str(run_dir), resume_step=resume_step)]
     if cfg.logger.wandb.enabled:
         from neuromf.tracking.wandb_setup import make_wandb_logger
 
@@ -122,22 +142,44 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    """null -> <run_dir>/checkpoints/last.ckpt when it exists (requeue / re-run resumes); 'last' -> must exist."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.ckpt_path in (None, "last"):
-        if last.exists():
-            return str(last)
+def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The checkpoint to resume from, validated (loads, is a Lightning checkpoint, finite weights), as
+    {'path', 'global_step', 'epoch'}; None for a fresh start.
+
+    ckpt_path null -> <run_dir>/checkpoints/last.ckpt when it exists (requeue / re-run resumes); when it is
+    unreadable, the newest readable of last.prev.ckpt / best-*.ckpt, with a warning (and 'resumed_from' in
+    status.json); an error when none is readable. 'last' -> as null, but a checkpoint must exist. A path -> that
+    checkpoint, no fallback."""
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if cfg.ckpt_path not in (None, "last"):
+        if not Path(cfg.ckpt_path).exists():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+        try:
+            return validate_checkpoint(cfg.ckpt_path)
+        except CheckpointReadError as err:
+            raise InputError(f"{err}; pass ckpt_path= a readable checkpoint") from err
+    found, problems = find_resume_checkpoint(ckpt_dir)
+    if found is None and problems:
+        raise InputError(
+            f"{problems[0]}; no readable checkpoint to fall back to in {ckpt_dir}: delete the bad file(s) to start "
+            "the run over, or pass ckpt_path= a readable checkpoint"
+        )
+    if found is None:
         if cfg.ckpt_path == "last":
             raise FileNotFoundError(f"ckpt_path=last but {last} does not exist")
         return None
-    if not Path(cfg.ckpt_path).exists():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
-    return str(cfg.ckpt_path)
+    if problems:
+        log.warning("%s; resuming from %s (step %d) instead", problems[0], found["path"], found["global_step"])
+        print(
+            f"warning: {problems[0]}; resuming from {found['path']} (step {found['global_step']}) instead",
+            file=sys.stderr,
+        )
+    return found
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers) -> pl.Trainer:
-    plugins = [AtomicCheckpointIO()]
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers, checkpoint_io=None) -> pl.Trainer:
+    plugins = [checkpoint_io or AtomicCheckpointIO()]
     if "SLURM_JOB_ID" in os.environ:  # submitit owns requeueing: Lightning's SLURM auto-requeue must stay off
         from pytorch_lightning.plugins.environments import SLURMEnvironment
 
@@ -146,39 +188,109 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers) -> pl.Trai
 
 
 class InputError(Exception):
-    """A bad configuration or input (data, checkpoint): reported as one message, without a traceback."""
+    """A bad configuration or input (data, checkpoint) or an unwritable run dir: reported as one message,
+    without a traceback (exit 2)."""
+
+
+class RunInUseError(InputError):
+    """Another live process holds the run dir's lock (its status.json is left alone)."""
+
+
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
+def write_error_message(err: OSError) -> str | None:
+    """'cannot write <path>: <OS error>' for an OSError that is a failed write (permissions, disk full)."""
+    if isinstance(err, CheckpointWriteError):
+        return str(err)
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    path = err.filename or "a file in the run dir"
+    return f"cannot write {path}: {err.strerror} (fix the permissions or free space, then re-run)"
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Fit one run in `run_dir`; writes status.json and returns the objective (NaN when diverged)."""
+    """Fit one run in `run_dir` holding its lock (<run_dir>/.lock: one writer per run dir); writes status.json
+    and returns the objective (NaN when diverged)."""
+    lock = RunLock(run_dir) if is_rank_zero_process() else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except RunLockedError as err:
+        raise RunInUseError(str(err)) from err
+    except OSError as err:
+        raise InputError(write_error_message(err) or f"{run_dir}/.lock: {err}") from err
+    try:
+        if lock is not None and lock.stale_holder:
+            print(f"notice: took over the stale lock of {lock.stale_holder} (no longer running)", file=sys.stderr)
+        return _train(cfg, run_dir)
+    except OSError as err:
+        message = write_error_message(err)
+        if message is None:
+            raise
+        raise InputError(message) from err
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> float:
+    try:
+        check_config(cfg)  # the allowed value ranges (neuromf/config_schema.py), before anything is built
+    except ValueError as err:
+        raise InputError(str(err)) from err
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_flush_denormal(True)  # denormal weights/activations slowed CPU steps several-fold
     pl.seed_everything(cfg.seed, workers=True)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    update_status(run_dir, status="running", reason=None, objective_key=cfg.objective, overrides=overrides)
-    try:  # everything that checks the config and the data, before any training
+    update_status(
+        run_dir,
+        status="running",
+        reason=None,
+        objective_key=cfg.objective,
+        overrides=overrides,
+        provenance=provenance(),
+    )
+    try:  # everything that checks the config, the data and the checkpoint, before anything is written
         check_jvp_strategy(cfg.model.prediction_type, cfg.loss.jvp)
         datamodule = build_datamodule(cfg, run_dir)
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = build_module(cfg)
-        ckpt_path = resolve_ckpt_path(cfg, run_dir)
+        resume = resolve_ckpt_path(cfg, run_dir)
+        init = cfg.get("init") or {}
+        if init.get("maisi_checkpoint") and not resume:  # a resumed run restores its own weights instead
+            spacing = list(init.spacing) if init.get("spacing") is not None else None
+            report = init_from_maisi(module.net, init.maisi_checkpoint, spacing=spacing, modality=init.get("modality"))
+            update_status(run_dir, init=report.summary())
     except (DataError, EncoderError, ValueError, FileNotFoundError) as err:
         raise InputError(str(err)) from err
+    resume_step = resume["global_step"] if resume else 0
+    if resume:
+        update_status(run_dir, resumed_from=resume["path"], resumed_step=resume_step)
     callbacks = build_callbacks(cfg, run_dir)
-    loggers = build_loggers(cfg, run_dir)
+    loggers = build_loggers(cfg, run_dir, resume_step=resume_step)
+    resolved = clean_config(OmegaConf.to_container(cfg, resolve=True))
     for logger in loggers:
-        logger.log_hyperparams(flat_config(OmegaConf.to_container(cfg, resolve=True)))
-    trainer = build_trainer(cfg, run_dir, callbacks, loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        logger.log_hyperparams(resolved)  # nested: every key can group runs in W&B
+        if type(logger).__name__ == "WandbLogger":
+            from neuromf.tracking.wandb_setup import define_metrics
+
+            define_metrics(logger.experiment, resolved)
+    checkpoint_io = AtomicCheckpointIO()
+    trainer = build_trainer(cfg, run_dir, callbacks, loggers, checkpoint_io)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
 
     divergence = next(c for c in callbacks if isinstance(c, DivergenceMonitor))
     tracker = next(c for c in callbacks if isinstance(c, ObjectiveTracker))
     objective = tracker.best if tracker.best is not None else math.nan
     status = "diverged" if divergence.reason else "completed"
     wandb_id = (run_dir / "wandb_id.txt").read_text().strip() if (run_dir / "wandb_id.txt").exists() else None
+    last = str(run_dir / "checkpoints" / "last.ckpt")
+    checkpoint_step = checkpoint_io.written.get(last, resume_step if resume else None)
+    refused = sorted({step for _, step, _ in checkpoint_io.refused})
     update_status(
         run_dir,
         status=status,
@@ -186,10 +298,18 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         objective=None if math.isnan(objective) else objective,
         best_step=tracker.best_step,
         global_step=trainer.global_step,
+        checkpoint_step=checkpoint_step,
+        refused_checkpoint_steps=refused or None,
         wandb_run_id=wandb_id,
     )
+    if refused:
+        log.warning(
+            "non-finite weights: checkpoints at steps %s were not written; last.ckpt holds step %s",
+            refused,
+            checkpoint_step,
+        )
     if divergence.reason:
-        log.error("run diverged: %s", divergence.reason)
+        log.error("run diverged: %s (last.ckpt holds step %s, the last finite one)", divergence.reason, checkpoint_step)
         return math.nan
     log.info("run dir: %s  %s = %s", run_dir, cfg.objective, objective)
     return objective
@@ -204,9 +324,14 @@ def main(cfg: DictConfig) -> float:
     try:
         return train(cfg, run_dir)
     except InputError as err:
-        update_status(run_dir, status="failed", reason=f"InputError: {err}")
+        if not isinstance(err, RunInUseError):  # a run dir in use belongs to its holder: its status stays
+            try:
+                update_status(run_dir, status="failed", reason=f"InputError: {err}")
+            except OSError:  # an unwritable run dir: the message below says so
+                pass
         if raise_on_failure:
-            print(f"error: {err}", file=sys.stderr)
+            for line in str(err).splitlines():
+                print(f"error: {line}", file=sys.stderr)
             sys.exit(2)
         log.error("arm failed: %s (recorded in %s/status.json)", err, run_dir)
         return math.nan

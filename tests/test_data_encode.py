@@ -1,6 +1,8 @@
 import csv
 import json
+import os
 import shutil
+import stat
 
 import nibabel as nib
 import numpy as np
@@ -281,3 +283,25 @@ def test_cli_help(capsys):
     out = capsys.readouterr().out
     for flag in ("--encoder", "--checkpoint", "--on-error", "--scale-factor", "--spacing", "--force"):
         assert flag in out
+
+
+def test_on_error_skip_with_only_bad_inputs_writes_errors_csv_and_group_readable_files(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    real = real_t1_folder(tmp_path / "real")
+    corrupt_inputs(real)
+    for name in ("truncated", "fourd", "empty"):
+        shutil.copy(real / f"{name}.nii.gz", src / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    args = ["--spacing", "4", "--shape", "32", "--latent-shape", "16", "--no-progress", "--on-error", "skip"]
+    assert main([str(src), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"3 errors in {out / 'errors.csv'}" in err
+    assert sorted(r["subject"] for r in read_csv(out / "errors.csv")) == ["empty", "fourd", "truncated"]
+    old_umask = os.umask(0o022)
+    try:
+        assert main([str(real), "--out", str(tmp_path / "good"), *args]) == 0
+    finally:
+        os.umask(old_umask)
+    written = [*(tmp_path / "good" / "latents").iterdir(), tmp_path / "good" / "manifest.csv"]
+    assert written and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in written)

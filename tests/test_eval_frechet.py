@@ -37,3 +37,20 @@ def test_bad_shapes():
         feature_stats(torch.randn(1, 4))
     with pytest.raises(ValueError, match="feature sizes differ"):
         frechet_distance(feature_stats(torch.randn(5, 3)), feature_stats(torch.randn(5, 4)))
+
+
+def test_eigenvalue_trace_matches_scipy_sqrtm():
+    """The eigenvalue form equals MONAI's compute_frechet_distance (scipy sqrtm), full-rank and rank-deficient."""
+    from monai.metrics.fid import compute_frechet_distance
+
+    g = torch.Generator().manual_seed(3)
+    for n in (500, 12):  # full-rank 64-D covariances, then rank 11
+        a = torch.randn(n, 64, generator=g, dtype=torch.float64) @ torch.randn(64, 64, generator=g, dtype=torch.float64)
+        b = 0.5 * torch.randn(n, 64, generator=g, dtype=torch.float64) + 0.3
+        sa, sb = feature_stats(a), feature_stats(b)
+        expected = float(compute_frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma))
+        assert frechet_distance(sa, sb) == pytest.approx(expected, rel=1e-6)
+    from neuromf.evaluation.frechet import trace_sqrt_product
+
+    s = torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64))
+    assert trace_sqrt_product(s, s) == pytest.approx(14.0)  # tr sqrt(S^2) = tr S

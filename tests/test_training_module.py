@@ -71,6 +71,40 @@ def test_training_step_changes_the_weights_and_logs_diagnostics():
     )
 
 
+def _mask_spy(monkeypatch):
+    """Wraps the module's random_spatial_mask; records the device it was asked for and the mask's device."""
+    import neuromf.training.module as module_py
+
+    calls, real = [], module_py.random_spatial_mask
+
+    def spy(*args, **kwargs):
+        mask = real(*args, **kwargs)
+        calls.append((kwargs.get("device"), mask.device))
+        return mask
+
+    monkeypatch.setattr(module_py, "random_spatial_mask", spy)
+    return calls
+
+
+def test_loss_mask_is_drawn_on_the_batch_device(monkeypatch):
+    calls = _mask_spy(monkeypatch)
+    module = build_module(tiny_cfg("data.mask_ratio=0.25"))
+    x = torch.randn(2, 1, 8, 8, 8)
+    module._objective(x, module._gen())
+    assert calls and all(asked is not None and torch.device(asked) == x.device == got for asked, got in calls)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loss_mask_on_cuda_uses_the_modules_cuda_generator(monkeypatch):
+    calls = _mask_spy(monkeypatch)
+    module = build_module(tiny_cfg("data.mask_ratio=0.25")).cuda()
+    module.log = lambda *a, **k: None
+    x = torch.randn(2, 1, 8, 8, 8, device="cuda")
+    loss = module.training_step(x, 0)
+    assert torch.isfinite(loss) and calls[-1][1].type == "cuda"
+
+
 class _Recorder(pl.Callback):
     """Records the trained weights after every step (before EMA's update runs? no: EMA is updated in its own
     on_train_batch_end; this callback is placed before it, so it sees the same post-step weights)."""
@@ -87,7 +121,7 @@ def test_ema_moves_toward_the_weights_at_the_configured_rate(tmp_path):
     module = build_module(cfg)
     from neuromf.train import build_datamodule
 
-    recorder, ema = _Recorder(), EMA(decay=0.5)
+    recorder, ema = _Recorder(), EMA(decay=0.5, warmup=False)  # constant decay (warm-up: test_training_callbacks)
     trainer = pl.Trainer(
         max_steps=3,
         callbacks=[recorder, ema],
@@ -133,11 +167,11 @@ def test_divergence_monitor_fires_on_nan_and_inf():
 
 
 def test_divergence_monitor_threshold_after_grace_only():
-    monitor = DivergenceMonitor(threshold=10.0, grace_steps=3)
+    monitor = DivergenceMonitor(threshold=10.0, grace_steps=3, window=1)  # window 1: raw values
     # step 1: 50x the running minimum but inside the grace period -> no stop; step 5: > 10 x 0.5 -> stop
     assert _feed(monitor, [1.0, 50.0, 0.5, 0.6, 4.0, 5.1]) == 5
     assert "running minimum" in monitor.reason
-    assert _feed(DivergenceMonitor(threshold=10.0, grace_steps=3), [1.0, 9.9, 9.0, 9.5, 9.9]) is None
+    assert _feed(DivergenceMonitor(threshold=10.0, grace_steps=3, window=1), [1.0, 9.9, 9.0, 9.5, 9.9]) is None
 
 
 class _FakeDataModule:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from neuromf.data.split import SPLIT_NAMES, load_split, resolve_ratios, save_spl
 from neuromf.data.store import LatentStore, parse_shape
 
 log = logging.getLogger(__name__)
+MAX_BAD_FILES_LISTED = 10
 
 
 class LatentDataset(Dataset):
@@ -45,10 +48,55 @@ class EpochRandomSampler(RandomSampler):
     def __init__(self, data_source, seed: int):
         super().__init__(data_source, generator=torch.Generator())
         self.seed = int(seed)
+        self.skip = 0  # indices to leave out at the start of the next pass (a resume mid-epoch)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed * 100_003 + int(epoch))
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch: a pass that starts after a resume leaves out the batches
+    the checkpoint had already trained in that epoch (Lightning's restored batch progress), so the run sees the
+    same batches in the same order as one trained straight through. The decision is taken at the pass's first
+    batch, after Lightning restored its loops (it creates the first iterator earlier, to count the steps). The
+    skip happens in the sampler (no latent is loaded for it); under a sampler Lightning swapped in (DDP's
+    DistributedSampler) the skipped batches are drawn and dropped instead. `state_dict` makes Lightning treat
+    the loader as resumable (and records the position in the checkpoint)."""
+
+    def __init__(self, *args, progress: Callable[[], tuple[int, int, float]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = progress  # -> (epoch, batches of it already trained, batches per epoch (trainer limit))
+
+    def _progress(self) -> tuple[int, int, float]:
+        return self.progress() if self.progress is not None else (0, 0, math.inf)
+
+    def state_dict(self) -> dict:
+        epoch, done, _ = self._progress()
+        return {"epoch": int(epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The position comes from the trainer's restored progress (see the class doc)."""
+
+    def __iter__(self):
+        return self._pass()
+
+    def _pass(self):
+        _, skip, limit = self._progress()
+        if not skip:
+            yield from super().__iter__()
+            return
+        remaining = max(0, min(len(self), limit) - skip)
+        if isinstance(self.sampler, EpochRandomSampler) and self.batch_sampler is not None:
+            self.sampler.skip = skip * int(self.batch_size)
+            batches = super().__iter__()
+        else:
+            batches = itertools.islice(super().__iter__(), skip, None)
+        yield from itertools.islice(batches, int(remaining) if math.isfinite(remaining) else None)
 
 
 class _NormalisedLoader:
@@ -170,15 +218,50 @@ class LatentDataModule(pl.LightningDataModule):
             self.latent_dir, files, self.latent_shape, mean, std, self.normalize, self.scale_factor, {}
         )
         self.cached = False
+        to_cache: set[str] = set()
         if self.cache_in_memory:
             subjects = [s for k in SPLIT_NAMES for s in self.splits[k]]
             nbytes = len(subjects) * int(np.prod(self.latent_shape)) * 4
             if nbytes <= self.cache_max_fraction * _available_memory_bytes():
-                self._load.cache.update({s: self._load(s) for s in subjects})
+                to_cache = set(subjects)
                 self.cached = True
             else:
                 log.warning("latents (%.1f GB) do not fit in memory; reading from disk", nbytes / 2**30)
+        self._scan_latents(to_cache)
+        for name, values in (("channel_mean", mean), ("channel_std", std)):
+            if not bool(torch.isfinite(values).all()):
+                raise DataError(
+                    f"{self.latent_dir}/stats.json: {name} holds NaN/Inf ({values.tolist()}); re-run "
+                    "`python -m neuromf.encode` on this store to recompute it"
+                )
         self._ready = True
+
+    def _scan_latents(self, to_cache: set[str]) -> None:
+        """Read every latent file of the manifest once: each must be finite (a NaN/Inf voxel poisons training);
+        the ones in `to_cache` are kept in memory, normalised. Raises DataError naming the bad files."""
+        from neuromf.data.store import read_latent
+
+        bad: list[str] = []
+        n_bad = 0
+        for row in self.store.rows:
+            path = self.latent_dir / row["latent_file"]
+            z, _ = read_latent(path)
+            if tuple(z.shape) != self.latent_shape:
+                raise DataError(f"{path}: shape {tuple(z.shape)} != {self.latent_shape}")
+            if not bool(torch.isfinite(z).all()):
+                n_bad += 1
+                if len(bad) < MAX_BAD_FILES_LISTED:
+                    nan, inf = int(torch.isnan(z).sum()), int(torch.isinf(z).sum())
+                    bad.append(f"{path} ({nan} NaN, {inf} Inf)")
+                continue
+            if row["subject"] in to_cache:
+                self._load.cache[row["subject"]] = self._load.normalise(z)
+        if n_bad:
+            more = f" and {n_bad - len(bad)} more" if n_bad > len(bad) else ""
+            raise DataError(
+                f"{n_bad} latent file(s) hold NaN/Inf values: {'; '.join(bad)}{more}; re-encode them "
+                "(`python -m neuromf.encode ... --force`, which also recomputes stats.json)"
+            )
 
     def _check_shapes(self) -> None:
         shape = tuple(int(s) for s in self.stats["shape"])
@@ -240,14 +323,24 @@ class LatentDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(name)
-        return DataLoader(
+        cls, extra = (ResumableDataLoader, {"progress": self._train_progress}) if shuffle else (DataLoader, {})
+        return cls(
             ds,
             batch_size=self.batch_size,
             sampler=EpochRandomSampler(ds, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            **extra,
         )
+
+    def _train_progress(self) -> tuple[int, int, float]:
+        """(epoch, batches trained in it, batches per epoch) from the trainer fitting this datamodule."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0, math.inf
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # restored on resume, 0 at an epoch's start
+        return trainer.current_epoch, done, trainer.num_training_batches
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -264,6 +357,14 @@ class LatentDataModule(pl.LightningDataModule):
         if not self.splits["val"]:
             return torch.empty((0, *self.latent_shape))
         return torch.stack([self._load(s) for s in self.splits["val"]])
+
+    def train_latents(self, limit: int | None = None) -> torch.Tensor:
+        """The first ``limit`` (None: all) training latents (N, C, D, H, W), normalised, not augmented."""
+        self.setup()
+        subjects = self.splits["train"][:limit]
+        if not subjects:
+            return torch.empty((0, *self.latent_shape))
+        return torch.stack([self._load(s) for s in subjects])
 
     # ------------------------------------------------------------------ decoding
     def encoder(self, device: str | torch.device = "cpu"):

@@ -39,6 +39,20 @@ def safe_name(subject: str) -> str:
     return s
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it back is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +78,7 @@ def write_latent(path: str | os.PathLike, latent: torch.Tensor, affine: np.ndarr
     }
     try:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates its files 0600; use the umask, as open() does
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,8 +1,8 @@
-"""On-disk cache of real-data feature statistics (mean/cov), keyed by dataset + preprocessing + backbone.
+"""On-disk cache of real-data feature statistics (mean/cov) or tensors, keyed by dataset + preprocessing + backbone.
 
 A key is any JSON-serialisable dict, e.g. ``{"dataset": ..., "preprocessing": ..., "backbone": ...}``;
 its SHA-256 names the file ``<cache_dir>/<backbone name>-<hash16>.safetensors`` (tensors ``<name>/mu``,
-``<name>/sigma``, ``<name>/n``; the full key JSON in the metadata and checked on load). Changing any part
+``<name>/sigma``, ``<name>/n``, or any named tensors with ``get_or_compute_tensors``; the full key JSON in the metadata and checked on load). Changing any part
 of the key gives another file, so stale statistics are never reused. Writes are atomic (temp + rename).
 Default directory: ``$NEUROMF_CACHE_HOME/eval_stats`` or ``~/.cache/neuromf/eval_stats``.
 """
@@ -61,11 +61,8 @@ class StatsCache:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "stats"
         return self.cache_dir / f"{safe}-{digest}.safetensors"
 
-    def load(self, key: dict) -> dict[str, FeatureStats] | None:
-        """Statistics stored for exactly ``key``, or None."""
-        canon = _canonical(key)
-        if canon in self._memory:
-            return self._memory[canon]
+    def _read(self, key: dict) -> dict[str, torch.Tensor] | None:
+        """The tensors stored for exactly ``key`` (file checked against the key), or None."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -78,8 +75,18 @@ class StatsCache:
         except (SafetensorError, OSError, ValueError) as e:
             log.warning("ignoring unreadable statistics cache %s (%s)", path, e)
             return None
-        if meta.get("key") != canon:
+        if meta.get("key") != _canonical(key):
             log.warning("statistics cache %s holds another key; recomputing", path)
+            return None
+        return tensors
+
+    def load(self, key: dict) -> dict[str, FeatureStats] | None:
+        """Statistics stored for exactly ``key``, or None."""
+        canon = _canonical(key)
+        if canon in self._memory:
+            return self._memory[canon]
+        tensors = self._read(key)
+        if tensors is None:
             return None
         names = sorted({k.rsplit("/", 1)[0] for k in tensors})
         stats = {n: FeatureStats.from_tensors({p: tensors[f"{n}/{p}"] for p in ("mu", "sigma", "n")}) for n in names}
@@ -88,18 +95,22 @@ class StatsCache:
 
     def save(self, key: dict, stats: dict[str, FeatureStats]) -> Path:
         """Write atomically (temp file + os.replace); returns the path."""
+        tensors = {f"{n}/{p}": t for n, s in stats.items() for p, t in s.to_tensors().items()}
+        path = self._write(key, tensors)
+        self._memory[_canonical(key)] = stats
+        return path
+
+    def _write(self, key: dict, tensors: dict[str, torch.Tensor]) -> Path:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"{n}/{p}": t for n, s in stats.items() for p, t in s.to_tensors().items()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"key": _canonical(key)})
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"key": _canonical(key)})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        self._memory[_canonical(key)] = stats
         return path
 
     def get_or_compute(self, key: dict, compute: Callable[[], dict[str, FeatureStats]]) -> dict[str, FeatureStats]:
@@ -116,3 +127,24 @@ class StatsCache:
             log.warning("could not write statistics cache under %s (%s)", self.cache_dir, e)
             self._memory[_canonical(key)] = stats
         return stats
+
+    def get_or_compute_tensors(
+        self, key: dict, compute: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Like :meth:`get_or_compute` for a plain ``{name: tensor}`` dict (features, reference levels)."""
+        canon = _canonical(key)
+        tensors = self._memory.get(canon)
+        if tensors is None:
+            tensors = self._read(key)
+        if tensors is not None:
+            self.hits += 1
+            self._memory[canon] = tensors
+            return tensors
+        self.misses += 1
+        tensors = compute()
+        try:
+            self._write(key, tensors)
+        except OSError as e:  # a read-only cache must not stop training
+            log.warning("could not write statistics cache under %s (%s)", self.cache_dir, e)
+        self._memory[canon] = tensors
+        return tensors

@@ -1,24 +1,31 @@
-"""EvaluationCallback: SWD / 2.5D FID / 3D feature distance on generated samples during training.
+"""EvaluationCallback: sample-quality metrics at several step counts, with real/noise reference levels.
 
 At the end of each validation epoch (every ``every_n_epochs``; never during the sanity check) it draws
 ``num_samples`` fixed-seed noises (B, C, D, H, W), generates latents with
-``pl_module.generate(noise, nfe, use_ema)`` and logs
+``pl_module.generate(noise, nfe, use_ema)`` for every ``nfe`` of ``nfe_list`` and logs, per step count N
+(names and definitions in ``neuromf.evaluation.suite``):
 
-* ``val/swd`` — sliced Wasserstein distance to ``trainer.datamodule.val_latents()`` (every evaluation), and
-  ``val/swd_patch`` — the same on random 4^3 patches (local structure);
-* ``val/fid_axial|coronal|sagittal``, ``val/fid_mean`` — 2.5D FID of decoded volumes (needs ``fid_weights``);
-* ``val/feat3d_fd`` — deepbet 3D feature distance.
+* ``val/swd/nfeN``, ``val/swd_patch/nfeN`` — sliced Wasserstein on latents / 4^3 patches (every evaluation);
+* ``val/{feat3d_fd,kid,precision,recall,density,coverage}/nfeN`` — deepbet 3D features of decoded volumes vs
+  the decoded validation latents, and ``val/msssim/nfeN`` (mean pairwise MS-SSIM among the samples:
+  diversity; 1 = all identical) — every ``feat3d_every_n_epochs``;
+* ``val/fid_{axial,coronal,sagittal,mean}/nfeN`` — 2.5D FID (needs ``fid_weights``), every ``fid_every_n_epochs``;
+* ``val/eval_time_s`` — wall time of the evaluation.
 
-Each metric is computed at the first evaluation (the baseline) and then once at least its interval
-(``every_n_epochs``, ``fid_every_n_epochs``, ``feat3d_every_n_epochs``) has passed since it was last
-computed — so it also works with ``Trainer(check_val_every_n_epoch=k)``.
+The metrics of the first NFE of ``nfe_list`` are also logged under the older names ``val/swd``,
+``val/swd_patch``, ``val/feat3d_fd`` and ``val/fid_*`` (early stopping, reports and dashboards use them).
+The family of ``objective_key`` is computed at every evaluation whatever its interval.
 
-Real statistics come from the decoded validation latents and are cached on disk (StatsCache). The best
-(lowest) value of every metric is kept in the callback state (saved in checkpoints) and, with the history,
-in ``<output_dir>/summary.json`` (default ``<trainer.default_root_dir>/eval/summary.json``), rewritten
-atomically after every evaluation and at the end of fit (global rank 0 only). Early stopping: add
-``pytorch_lightning.callbacks.EarlyStopping(monitor="val/swd", mode="min", patience=...)`` (patience counts
-validation epochs; keep ``every_n_epochs=1`` and thin validation with ``check_val_every_n_epoch`` instead).
+Reference levels (``reference_levels``): the same metrics for ``num_samples`` training latents (real vs real:
+the floor) and for ``num_samples`` Gaussian noise latents decoded the same way (the ceiling), both against
+the validation latents; logged once per fit as ``ref/<metric>/real`` and ``ref/<metric>/noise`` and written
+into ``summary.json`` (``reference``). They are cached with the real features (StatsCache, one file per data
+set and metric settings), so they are computed once per data set.
+
+The best value of every metric (lowest; highest for precision/recall/density/coverage; none for msssim)
+is kept in the callback state (saved in checkpoints) and, with the history, in ``<output_dir>/summary.json``
+(default ``<trainer.default_root_dir>/eval/summary.json``), rewritten atomically after every evaluation and
+at the end of fit (global rank 0 only).
 """
 
 from __future__ import annotations
@@ -36,13 +43,25 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping
 
 from neuromf.evaluation.cache import StatsCache, tensor_fingerprint
-from neuromf.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
-from neuromf.evaluation.swd import patch_sliced_wasserstein, sliced_wasserstein
+from neuromf.evaluation.frechet import FeatureStats
+from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED, MetricSuite, RealReference
 from neuromf.tracking.run import write_json_atomic
 
-__all__ = ["EvaluationCallback"]
+__all__ = ["EvaluationCallback", "DEFAULT_OBJECTIVE", "LEGACY_ALIASES"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_OBJECTIVE = "val/kid/nfe1"
+LEGACY_ALIASES = ("swd", "swd_patch", "feat3d_fd", "fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
+_NOISE_SALT = 0x0F0E  # reference noise latents: another stream than the evaluation noise
+
+
+def metric_mode(key: str) -> str | None:
+    """'min' / 'max' for a logged key (``val/<metric>[/nfeN]``), None when it has no direction."""
+    base = key.split("/")[1] if key.count("/") >= 1 else key
+    if base in UNRANKED:
+        return None
+    return "max" if base in HIGHER_IS_BETTER else "min"
 
 
 class EvaluationCallback(pl.Callback):
@@ -50,15 +69,19 @@ class EvaluationCallback(pl.Callback):
 
     Args:
         every_n_epochs: evaluate (SWD) every n validation epochs (epoch % n == 0).
-        num_samples: generated samples per evaluation.
-        nfe: number of function evaluations of the sampler.
+        num_samples: generated samples per evaluation and per NFE (also the size of the reference sets).
+        nfe_list: step counts of the sampler; each gets its own ``/nfeN`` metrics.
         use_ema: passed to ``pl_module.generate`` (None = the module's default).
         swd_projections, swd_p: SWD projections and order.
         seed: seed of the evaluation noise and of the SWD projections (fixed across epochs).
         batch_size: generation / decoding batch size.
         fid_every_n_epochs, fid_weights, fid_planes, fid_central_fraction, fid_normalization,
         fid_slice_size: 2.5D FID settings; FID runs only when ``fid_weights`` is given.
-        feat3d_every_n_epochs, feat3d_enabled, feat3d_input_size: deepbet 3D feature distance settings.
+        feat3d_every_n_epochs, feat3d_enabled, feat3d_input_size: deepbet feature metrics (and MS-SSIM) settings.
+        knn_k: k of precision/recall/density/coverage.
+        msssim_enabled, msssim_kernel, msssim_max_samples: pairwise MS-SSIM diversity settings.
+        reference_levels: compute (once per data set, cached) and log the real / noise reference levels.
+        objective_key, objective_mode: the key summarised as ``objective`` in summary.json (min / max).
         num_real: use at most this many validation latents as the reference (None = all).
         cache_dir: real-statistics cache directory (None = ~/.cache/neuromf/eval_stats).
         dataset_key: extra identifier of the data set in the cache key.
@@ -69,7 +92,7 @@ class EvaluationCallback(pl.Callback):
         self,
         every_n_epochs: int = 1,
         num_samples: int = 16,
-        nfe: int = 1,
+        nfe_list: Sequence[int] = (1, 2, 10),
         use_ema: bool | None = True,
         swd_projections: int = 256,
         swd_p: float = 2.0,
@@ -84,28 +107,41 @@ class EvaluationCallback(pl.Callback):
         feat3d_every_n_epochs: int = 5,
         feat3d_enabled: bool = True,
         feat3d_input_size: int = 96,
+        knn_k: int = 3,
+        msssim_enabled: bool = True,
+        msssim_kernel: int = 5,
+        msssim_max_samples: int = 8,
+        reference_levels: bool = True,
+        objective_key: str = DEFAULT_OBJECTIVE,
+        objective_mode: str = "min",
         num_real: int | None = None,
         cache_dir: str | None = None,
         dataset_key: str | None = None,
         output_dir: str | None = None,
     ) -> None:
         super().__init__()
+        nfe_list = [int(n) for n in (nfe_list if isinstance(nfe_list, Sequence) else [nfe_list])]
         for name, v in (
             ("every_n_epochs", every_n_epochs),
             ("fid_every_n_epochs", fid_every_n_epochs),
             ("feat3d_every_n_epochs", feat3d_every_n_epochs),
             ("num_samples", num_samples),
-            ("nfe", nfe),
             ("batch_size", batch_size),
             ("swd_projections", swd_projections),
+            ("knn_k", knn_k),
+            *(("nfe_list", n) for n in nfe_list),
         ):
             if int(v) < 1:
                 raise ValueError(f"EvaluationCallback: {name} must be >= 1, got {v}")
+        if not nfe_list or len(set(nfe_list)) != len(nfe_list):
+            raise ValueError(f"EvaluationCallback: nfe_list must be non-empty without repeats, got {nfe_list}")
         if num_samples < 2 and (fid_weights or feat3d_enabled):
             raise ValueError("EvaluationCallback: FID / 3D distance need num_samples >= 2")
+        if objective_mode not in ("min", "max"):
+            raise ValueError(f"EvaluationCallback: objective_mode must be min or max, got {objective_mode!r}")
         self.every_n_epochs = int(every_n_epochs)
         self.num_samples = int(num_samples)
-        self.nfe = int(nfe)
+        self.nfe_list = nfe_list
         self.use_ema = use_ema
         self.swd_projections = int(swd_projections)
         self.swd_p = float(swd_p)
@@ -120,23 +156,34 @@ class EvaluationCallback(pl.Callback):
         self.feat3d_every_n_epochs = int(feat3d_every_n_epochs)
         self.feat3d_enabled = bool(feat3d_enabled)
         self.feat3d_input_size = int(feat3d_input_size)
+        self.knn_k = int(knn_k)
+        self.msssim_enabled = bool(msssim_enabled)
+        self.msssim_kernel = int(msssim_kernel)
+        self.msssim_max_samples = int(msssim_max_samples)
+        self.reference_levels = bool(reference_levels)
+        self.objective_key = str(objective_key)
+        self.objective_mode = objective_mode
         self.num_real = num_real
         self.cache = StatsCache(cache_dir)
         self.dataset_key = dataset_key
         self.output_dir = output_dir
         self.best: dict[str, dict[str, float | int]] = {}
         self.history: list[dict[str, float | int]] = []
+        self.reference: dict[str, float] = {}
         self._fid = None
         self._feat3d = None
+        self._suite: MetricSuite | None = None
         self._real: torch.Tensor | None = None
+        self._ref: RealReference | None = None
         self._dkey: dict[str, Any] | None = None
+        self._ref_logged = False
 
     # ------------------------------------------------------------------ configuration / state
     def config(self) -> dict[str, Any]:
         keys = (
             "every_n_epochs",
             "num_samples",
-            "nfe",
+            "nfe_list",
             "use_ema",
             "swd_projections",
             "swd_p",
@@ -151,6 +198,13 @@ class EvaluationCallback(pl.Callback):
             "feat3d_every_n_epochs",
             "feat3d_enabled",
             "feat3d_input_size",
+            "knn_k",
+            "msssim_enabled",
+            "msssim_kernel",
+            "msssim_max_samples",
+            "reference_levels",
+            "objective_key",
+            "objective_mode",
             "num_real",
             "dataset_key",
         )
@@ -164,13 +218,17 @@ class EvaluationCallback(pl.Callback):
         self.history = list(state_dict.get("history", []))
 
     def best_value(self, metric: str = "val/swd") -> float | None:
-        """Best (lowest) value seen for ``metric``, or None."""
+        """Best value seen for ``metric`` (lowest; highest for precision/recall/density/coverage), or None."""
         return self.best.get(metric, {}).get("value")
 
     def _due(self, metric: str, every: int, epoch: int) -> bool:
         """First evaluation, or at least ``every`` epochs since ``metric`` was last computed."""
         last = [h["epoch"] for h in self.history if metric in h and h["epoch"] < epoch]
         return not last or epoch - max(last) >= every
+
+    def _objective_base(self) -> str:
+        parts = self.objective_key.split("/")
+        return parts[1] if len(parts) > 1 else parts[0]
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -199,10 +257,15 @@ class EvaluationCallback(pl.Callback):
                 slice_size=self.fid_slice_size,
                 device=device,
             )
+        elif not self.fid_weights:
+            log.info("evaluation: 2.5D FID skipped (no eval.fid_weights)")
         if self.feat3d_enabled and self._feat3d is None:
             from neuromf.evaluation.feat3d import DeepBetFeatures
 
             self._feat3d = DeepBetFeatures(input_size=self.feat3d_input_size, device=device)
+        base = self._objective_base()
+        if base in (*FEAT3D_METRICS, "msssim") and not self.feat3d_enabled:
+            log.warning("evaluation: objective %s needs feat3d_enabled=true; it will not be logged", self.objective_key)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -212,10 +275,18 @@ class EvaluationCallback(pl.Callback):
             return
         t0 = time.perf_counter()
         metrics = self.evaluate(trainer, pl_module, epoch)
-        for name, value in metrics.items():
+        seconds = time.perf_counter() - t0
+        metrics["val/eval_time_s"] = seconds
+        log.info("evaluation at epoch %d took %.1f s (NFE %s, %d samples)", epoch, seconds, self.nfe_list, self.num_samples)
+        logged = dict(metrics)
+        if not self._ref_logged and self.reference:
+            logged |= self.reference  # once per fit
+            self._ref_logged = True
+        for name, value in logged.items():
             # identical on every rank (same seeds and weights); sync_dist keeps the logged value consistent
-            pl_module.log(name, value, on_step=False, on_epoch=True, prog_bar=name == "val/swd", sync_dist=True)
-        self._update(metrics, epoch, trainer.global_step, time.perf_counter() - t0)
+            prog = name in ("val/swd", self.objective_key)
+            pl_module.log(name, value, on_step=False, on_epoch=True, prog_bar=prog, sync_dist=True)
+        self._update(metrics, epoch, trainer.global_step, seconds)
         if trainer.is_global_zero:
             self._write_summary(trainer, finished=False)
 
@@ -238,19 +309,15 @@ class EvaluationCallback(pl.Callback):
         return self._real
 
     @torch.no_grad()
-    def generate(self, pl_module: pl.LightningModule, shape: Sequence[int]) -> torch.Tensor:
-        """Fixed-seed noise (num_samples, *shape) -> generated latents on pl_module.device."""
+    def generate(self, pl_module: pl.LightningModule, shape: Sequence[int], nfe: int) -> torch.Tensor:
+        """Fixed-seed noise (num_samples, *shape) -> generated latents with ``nfe`` steps, on pl_module.device."""
         gen = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(self.num_samples, *shape, generator=gen)
         out = [
-            pl_module.generate(noise[i : i + self.batch_size].to(pl_module.device), nfe=self.nfe, use_ema=self.use_ema)
+            pl_module.generate(noise[i : i + self.batch_size].to(pl_module.device), nfe=nfe, use_ema=self.use_ema)
             for i in range(0, self.num_samples, self.batch_size)
         ]
         return torch.cat(out).float()
-
-    def _decoded_batches(self, dm, z: torch.Tensor, device):
-        for i in range(0, z.shape[0], self.batch_size):
-            yield dm.decode(z[i : i + self.batch_size].to(device)).float()
 
     def _dataset_key(self, dm, real: torch.Tensor) -> dict[str, Any]:
         key: dict[str, Any] = {"user": self.dataset_key, "val_latents": tensor_fingerprint(real)}
@@ -264,85 +331,136 @@ class EvaluationCallback(pl.Callback):
                 log.warning("could not read %s for the statistics cache key (%s)", stats_file, e)
         return key
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, float]:
-        """Compute the metrics due at ``epoch`` -> {"val/swd": ..., ...}."""
-        real = self._real_latents(trainer)
-        fake = self.generate(pl_module, real.shape[1:])
-        metrics = {
-            "val/swd": float(
-                sliced_wasserstein(
-                    fake,
-                    real.to(fake.device),
-                    num_projections=self.swd_projections,
-                    p=self.swd_p,
-                    seed=self.seed,
-                )
-            ),
-            "val/swd_patch": float(
-                patch_sliced_wasserstein(
-                    fake, real.to(fake.device), num_projections=self.swd_projections, p=self.swd_p, seed=self.seed
-                )
-            ),
-        }
-        extractors = []
-        if self._fid is not None and self._due("val/fid_mean", self.fid_every_n_epochs, epoch):
-            extractors.append(("fid", self._fid))
-        if self._feat3d is not None and self._due("val/feat3d_fd", self.feat3d_every_n_epochs, epoch):
-            extractors.append(("feat3d", self._feat3d))
-        if not extractors:
-            return metrics
-        if not torch.isfinite(fake).all():
-            for kind, _ in extractors:
-                names = [f"fid_{p}" for p in self.fid_planes] + ["fid_mean"] if kind == "fid" else ["feat3d_fd"]
-                metrics |= {f"val/{n}": math.inf for n in names}
-            return metrics
+    def _make_suite(self, dm, device) -> MetricSuite:
+        if self._suite is None:
+            self._suite = MetricSuite(
+                getattr(dm, "decode", None),
+                feat3d=self._feat3d,
+                fid=self._fid,
+                swd_projections=self.swd_projections,
+                swd_p=self.swd_p,
+                seed=self.seed,
+                knn_k=self.knn_k,
+                msssim=self.msssim_enabled and (self._feat3d is not None or self._fid is not None),
+                msssim_kernel=self.msssim_kernel,
+                msssim_max_samples=self.msssim_max_samples,
+                batch_size=self.batch_size,
+                device=device,
+            )
+        self._suite.device = torch.device(device)
+        return self._suite
+
+    def _reference_noise(self, shape: Sequence[int]) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed ^ _NOISE_SALT)
+        return torch.randn(self.num_samples, *shape, generator=gen)
+
+    def _train_latents(self, dm) -> torch.Tensor | None:
+        if not hasattr(dm, "train_latents"):
+            log.info("evaluation: ref/*/real skipped (the datamodule has no train_latents())")
+            return None
+        z = dm.train_latents(self.num_samples).detach().float().cpu()
+        if z.shape[0] < 2:
+            log.info("evaluation: ref/*/real skipped (%d training latents, need >= 2)", z.shape[0])
+            return None
+        return z
+
+    def _reference(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> RealReference:
+        """Real features (and the reference levels) for the validation set: cached per data set + settings."""
+        if self._ref is not None:
+            return self._ref
         dm = trainer.datamodule
+        real = self._real_latents(trainer)
+        suite = self._make_suite(dm, pl_module.device)
         if self._dkey is None:  # hashing the reference set once per fit is enough
             self._dkey = self._dataset_key(dm, real)
-        dkey = self._dkey
-        for _, ext in extractors:  # setup() ran before the strategy moved the module to its device
-            ext.to(pl_module.device)
-        fake_feats: dict[str, list] = {kind: [] for kind, _ in extractors}
-        for vol in self._decoded_batches(dm, fake, pl_module.device):
-            for kind, ext in extractors:
-                fake_feats[kind].append(self._features(kind, ext, vol))
-        for kind, ext in extractors:
-            key = {"dataset": dkey, "backbone": ext.cache_key(), "kind": kind}
+        train = self._train_latents(dm) if self.reference_levels else None
+        key = {
+            "dataset": self._dkey,
+            "backbone": {"backbone": "eval-reference"},
+            "suite": suite.config(),
+            "levels": self.reference_levels,
+            "num_samples": self.num_samples,
+            "train": tensor_fingerprint(train) if train is not None else None,
+        }
 
-            def compute(kind=kind, ext=ext):
-                feats = [self._features(kind, ext, v) for v in self._decoded_batches(dm, real, pl_module.device)]
-                return self._stats(feats)
+        def compute() -> dict[str, torch.Tensor]:
+            for ext in (self._feat3d, self._fid):
+                if ext is not None:
+                    ext.to(pl_module.device)
+            ref = suite.reference(real)
+            t: dict[str, torch.Tensor] = {}
+            if ref.feat3d is not None:
+                t["real/feat3d"] = ref.feat3d
+            if ref.msssim is not None:
+                t["real/msssim"] = torch.tensor([ref.msssim], dtype=torch.float64)
+            for plane, st in (ref.fid or {}).items():
+                t |= {f"real/fid/{plane}/{p}": v for p, v in st.to_tensors().items()}
+            if self.reference_levels:
+                sets = {"noise": self._reference_noise(real.shape[1:])}
+                if train is not None:
+                    sets = {"real": train} | sets
+                for name, z in sets.items():
+                    for m, v in suite(z.to(pl_module.device), ref).items():
+                        t[f"ref/{m}/{name}"] = torch.tensor([v], dtype=torch.float64)
+            return t
 
-            real_stats = self.cache.get_or_compute(key, compute)
-            fake_stats = self._stats(fake_feats[kind])
-            if kind == "fid":
-                metrics |= {f"val/{k}": v for k, v in self._fid.distance(fake_stats, real_stats).items()}
-            else:
-                metrics["val/feat3d_fd"] = frechet_distance(fake_stats["feat3d"], real_stats["feat3d"])
+        t = self.cache.get_or_compute_tensors(key, compute)
+        fid = None
+        planes = sorted({k.split("/")[2] for k in t if k.startswith("real/fid/")})
+        if planes:
+            fid = {
+                p: FeatureStats.from_tensors({q: t[f"real/fid/{p}/{q}"] for q in ("mu", "sigma", "n")}) for p in planes
+            }
+        msssim = float(t["real/msssim"]) if "real/msssim" in t else None
+        self._ref = RealReference(latents=real, feat3d=t.get("real/feat3d"), fid=fid, msssim=msssim)
+        self.reference = {k: float(v) for k, v in t.items() if k.startswith("ref/")}
+        return self._ref
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, float]:
+        """Compute the metrics due at ``epoch`` for every NFE -> {"val/swd/nfe1": ..., "val/swd": ..., ...}."""
+        ref = self._reference(trainer, pl_module)
+        suite = self._make_suite(trainer.datamodule, pl_module.device)
+        base = self._objective_base()
+        feat3d = self._due("val/feat3d_fd", self.feat3d_every_n_epochs, epoch) or base in (*FEAT3D_METRICS, "msssim")
+        fid = self._due("val/fid_mean", self.fid_every_n_epochs, epoch) or base.startswith("fid_")
+        for ext in (self._feat3d, self._fid):  # setup() ran before the strategy moved the module to its device
+            if ext is not None:
+                ext.to(pl_module.device)
+        metrics: dict[str, float] = {}
+        for i, nfe in enumerate(self.nfe_list):
+            fake = self.generate(pl_module, ref.latents.shape[1:], nfe)
+            values = suite(fake, ref, feat3d=feat3d, fid=fid, msssim=feat3d or fid)
+            metrics |= {f"val/{m}/nfe{nfe}": v for m, v in values.items()}
+            if i == 0:
+                metrics |= {f"val/{m}": v for m, v in values.items() if m in LEGACY_ALIASES}
         return metrics
-
-    @staticmethod
-    def _features(kind: str, ext, vol: torch.Tensor) -> dict[str, torch.Tensor]:
-        return ext.features(vol) if kind == "fid" else {"feat3d": ext(vol)}
-
-    @staticmethod
-    def _stats(batches: list[dict[str, torch.Tensor]]) -> dict[str, FeatureStats]:
-        return {n: feature_stats(torch.cat([b[n] for b in batches])) for n in batches[0]}
 
     def _update(self, metrics: dict[str, float], epoch: int, step: int, seconds: float) -> None:
         self.history.append({"epoch": epoch, "step": step, "seconds": round(seconds, 3)} | metrics)
         for name, value in metrics.items():
-            if math.isfinite(value) and (name not in self.best or value < self.best[name]["value"]):
+            mode = metric_mode(name)
+            if mode is None or not math.isfinite(value):
+                continue
+            better = name not in self.best or (
+                value < self.best[name]["value"] if mode == "min" else value > self.best[name]["value"]
+            )
+            if better:
                 self.best[name] = {"value": value, "epoch": epoch, "step": step}
 
     def _write_summary(self, trainer: pl.Trainer, finished: bool) -> None:
         out = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "eval"
+        reference: dict[str, dict[str, float]] = {}
+        for k, v in self.reference.items():  # ref/<metric>/<real|noise>
+            _, metric, level = k.split("/")
+            reference.setdefault(metric, {})[level] = v
         summary = {
             "finished": finished,
-            "objective_key": "val/swd",
-            "objective": self.best_value("val/swd"),
+            "objective_key": self.objective_key,
+            "objective_mode": self.objective_mode,
+            "objective": self.best_value(self.objective_key),
             "best": self.best,
             "last": self.history[-1] if self.history else None,
+            "reference": reference,
             "history": self.history,
             "config": self.config(),
         }

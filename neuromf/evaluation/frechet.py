@@ -1,7 +1,10 @@
-"""Frechet distance between feature distributions (MONAI's FIDMetric / compute_frechet_distance).
+"""Frechet distance between feature distributions.
 
 ``FeatureStats`` holds the mean (F,) and covariance (F, F) of a feature set (float64), so real-data
-statistics can be cached and reused; the distance itself is MONAI's implementation (scipy sqrtm).
+statistics can be cached and reused. ``frechet_distance`` computes the trace term from eigenvalues
+(hand-written glue, float64): ``tr sqrt(S1 S2) = sum sqrt(eigvalsh(sqrt(S1) S2 sqrt(S1)))`` with two
+symmetric eigendecompositions — the same value as MONAI's ``compute_frechet_distance`` (scipy ``sqrtm``),
+which took 35-90 s per 2048-D plane on 2 cores, in about a second. ``fid_from_features`` is MONAI's FIDMetric.
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from monai.metrics import FIDMetric
-from monai.metrics.fid import compute_frechet_distance
 
-__all__ = ["FeatureStats", "feature_stats", "frechet_distance", "fid_from_features"]
+__all__ = ["FeatureStats", "feature_stats", "frechet_distance", "fid_from_features", "trace_sqrt_product"]
 
 
 @dataclass
@@ -41,21 +43,27 @@ def feature_stats(features: torch.Tensor) -> FeatureStats:
     return FeatureStats(mu=f.mean(0), sigma=torch.cov(f.T).reshape(f.shape[1], f.shape[1]), n=f.shape[0])
 
 
-def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
-    """Frechet distance between two Gaussians (MONAI's compute_frechet_distance).
+def trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor) -> float:
+    """tr sqrt(S1 S2) for symmetric PSD (F, F) matrices, from eigenvalues in float64.
 
-    With few samples the covariances are rank-deficient; when scipy's sqrtm returns a large imaginary
-    part, retry with a small ridge (1e-6 x mean variance) on both diagonals.
+    S1 S2 is similar to the symmetric PSD matrix sqrt(S1) S2 sqrt(S1), so the trace of its square root is
+    the sum of the square roots of that matrix's eigenvalues (clamped >= 0 against round-off).
     """
+    a, b = s1.double().cpu(), s2.double().cpu()
+    a, b = (a + a.T) / 2, (b + b.T) / 2
+    w, v = torch.linalg.eigh(a)
+    root = (v * w.clamp_min(0).sqrt()) @ v.T  # sqrt(S1)
+    m = root @ b @ root
+    return float(torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum())
+
+
+def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr sqrt(S_a S_b), clamped >= 0 (float64, eigenvalue form)."""
     if a.mu.shape != b.mu.shape:
         raise ValueError(f"feature sizes differ: {tuple(a.mu.shape)} vs {tuple(b.mu.shape)}")
-    try:
-        d = compute_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
-    except ValueError:
-        eps = 1e-6 * float(torch.cat([a.sigma.diagonal(), b.sigma.diagonal()]).mean().clamp_min(1e-12))
-        eye = torch.eye(a.sigma.shape[0], dtype=a.sigma.dtype)
-        d = compute_frechet_distance(a.mu, a.sigma + eps * eye, b.mu, b.sigma + eps * eye)
-    return max(float(d), 0.0)
+    diff = (a.mu.double() - b.mu.double()).pow(2).sum()
+    tr = a.sigma.double().trace() + b.sigma.double().trace()
+    return max(float(diff + tr) - 2.0 * trace_sqrt_product(a.sigma, b.sigma), 0.0)
 
 
 def fid_from_features(fake: torch.Tensor, real: torch.Tensor) -> float:

@@ -12,6 +12,9 @@ records nothing.
 Hand-written because PyTorch has no "tangent without graph, primal with graph" mode; the jvp rules below are the
 textbook derivatives and are tested against torch.func.jvp and finite differences (tests/test_bench_jvp.py).
 
+Under autocast the primal kernels follow autocast's rules and every tangent rule runs in float32 (float32 weights
+and tangents; du/dt is then the derivative at the bf16 activations, ~2 % from "exact": docs/performance.md).
+
 Shapes: z_t, v~, u, du/dt (B, C, D, H, W); r, t (B,).
 """
 
@@ -60,6 +63,11 @@ def _up(a: Tensor) -> Tensor:
     return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
 
 
+def _tangent_dtype(*a: Tensor) -> torch.dtype:
+    """Tangents are computed in float32 (float64 stays float64), whatever autocast gives the primal."""
+    return torch.promote_types(_up(a[0]).dtype, _up(a[-1]).dtype)
+
+
 def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
@@ -83,7 +91,7 @@ class _ConvFn(Function):
         x, w, b, stride, padding, dilation, groups, dtype = inputs
         xc, wc = _cast(x, dtype), _cast(w, dtype)
         ctx.save_for_backward(xc, wc)
-        ctx.save_for_forward(wc)
+        ctx.save_for_forward(w)  # the full-precision weight: the tangent runs in float32 (see _tangent_dtype)
         ctx.set_materialize_grads(False)  # absent tangents/grads arrive as None, not zero tensors
         ctx.conf = (stride, padding, dilation, groups, dtype, b is not None)
         ctx.dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
@@ -124,13 +132,14 @@ class _ConvFn(Function):
     def jvp(ctx, tx, tw, tb, *_):
         if tx is None:
             return None
-        (wc,) = ctx.saved_tensors
-        stride, padding, dilation, groups, dtype, _ = ctx.conf
+        (w,) = ctx.saved_tensors
+        stride, padding, dilation, groups, _, _ = ctx.conf
         if tw is not None or tb is not None:
             raise NotImplementedError("fused JVP: parameter tangents are not supported")
-        with torch.no_grad(), _no_autocast(wc):
+        dt = _tangent_dtype(tx, w)
+        with torch.no_grad(), _no_autocast(w):
             return torch.ops.aten.convolution(
-                _cast(tx, wc.dtype), wc.detach(), None, stride, padding, dilation, False, [0] * len(stride), groups
+                tx.to(dt), w.detach().to(dt), None, stride, padding, dilation, False, [0] * len(stride), groups
             )
 
 
@@ -145,7 +154,7 @@ class _LinearFn(Function):
         x, w, b, dtype = inputs
         xc, wc = _cast(x, dtype), _cast(w, dtype)
         ctx.save_for_backward(xc, wc)
-        ctx.save_for_forward(wc)
+        ctx.save_for_forward(w)  # full-precision weight for the float32 tangent
         ctx.set_materialize_grads(False)  # absent tangents/grads arrive as None, not zero tensors
         ctx.dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
 
@@ -171,11 +180,12 @@ class _LinearFn(Function):
     def jvp(ctx, tx, tw, tb, _):
         if tx is None:
             return None
-        (wc,) = ctx.saved_tensors
+        (w,) = ctx.saved_tensors
         if tw is not None or tb is not None:
             raise NotImplementedError("fused JVP: parameter tangents are not supported")
-        with torch.no_grad(), _no_autocast(wc):
-            return F.linear(_cast(tx, wc.dtype), wc.detach())
+        dt = _tangent_dtype(tx, w)
+        with torch.no_grad(), _no_autocast(w):
+            return F.linear(tx.to(dt), w.detach().to(dt))
 
 
 class _GroupNormFn(Function):
@@ -235,7 +245,7 @@ class _GroupNormFn(Function):
             dy = dxhat.reshape(xc.shape)
             if wc is not None:
                 dy = dy * _up(wc.detach()).view(1, c, *([1] * (xc.ndim - 2)))
-            return dy.to(xc.dtype)
+            return dy
 
 
 class _SiLUFn(Function):
@@ -262,9 +272,11 @@ class _SiLUFn(Function):
         if tx is None:
             return None
         (x,) = ctx.saved_tensors
-        with torch.no_grad():
-            s = torch.sigmoid(x.detach())
-            return tx * (s * (1 + x.detach() * (1 - s)))
+        dt = _tangent_dtype(tx, x)
+        with torch.no_grad(), _no_autocast(x):
+            xf = x.detach().to(dt)
+            s = torch.sigmoid(xf)
+            return tx.to(dt) * (s * (1 + xf * (1 - s)))
 
 
 class _AttentionFn(Function):
@@ -299,7 +311,7 @@ class _AttentionFn(Function):
         q, k, v = ctx.saved_tensors
         if dq is None and dk is None and dv is None:
             return None
-        out = torch.empty_like(v)
+        out = torch.empty(v.shape, dtype=_up(v).dtype, device=v.device)  # float32 tangent under autocast
         with torch.no_grad(), _no_autocast(v):
             for i in range(q.shape[0]):  # one sample at a time bounds the transient L x L matrices
                 qi, ki, vi = _up(q[i].detach()), _up(k[i].detach()), _up(v[i].detach())
@@ -313,7 +325,7 @@ class _AttentionFn(Function):
                 do = pds @ vi - pds.sum(-1, keepdim=True) * (p @ vi)
                 if dv is not None:
                     do += p @ _up(dv[i])
-                out[i] = do.to(out.dtype)
+                out[i] = do
         return out
 
 
@@ -382,7 +394,8 @@ class FusedJVPSABlock(SABlock):
         else:
             q, k, v = (self.input_rearrange(f(x)) for f in (self.to_q, self.to_k, self.to_v))
         dtype = _autocast_dtype(x)  # under autocast the projections already give `dtype`
-        q, k, v = (_cast(a, dtype) for a in (q, k, v))
+        # contiguous: a view input made autograd hand back the tangent in the primal dtype (bf16 under autocast)
+        q, k, v = (_cast(a, dtype).contiguous() for a in (q, k, v))
         y = self.out_rearrange(_AttentionFn.apply(q, k, v, self.scale))
         if self.include_fc:
             y = self.out_proj(y)

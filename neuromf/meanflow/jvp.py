@@ -1,7 +1,9 @@
 """du/dt along the MeanFlow tangent (v~, 0, 1) in (z, r, t): exact (forward-mode AD) or finite difference.
 
 Strategies: "exact" (torch.func.jvp under no_grad, then a separate forward for u), "exact_fused" (u and du/dt from
-one forward-mode pass, neuromf/meanflow/fast_jvp.py; same values, fewer passes), "fd" (finite difference).
+one forward-mode pass, neuromf/meanflow/fast_jvp.py; the same values in float32, fewer passes; under bf16 autocast
+a float32 tangent at the bf16 activations, ~2 % from "exact"), "fd" (finite difference, both points in float32
+outside autocast). `time_derivative_parts` splits du/dt into d_t u + (d_z u) v~ (diagnostics).
 
 Both return u = u_theta(z_t, r, t) *with* its autograd graph (the term that is trained) and du/dt without one
 (it only enters the target through sg(.)). Shapes: z_t, v~, u, du/dt (B, C, D, H, W); r, t (B,).
@@ -46,20 +48,54 @@ def jvp_exact(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor) -> Tens
     to a bf16-cast conv (an error on CPU), and a bf16 JVP was measured slower than TF32 on an H100 (408 vs
     334 ms at 4x48^3, batch 8). The trained primal u keeps the surrounding autocast.
     """
-    z_t, r, t, v_tilde = _full(z_t), _full(r), _full(t), _full(v_tilde)
+    return _jvp_float32(model, z_t, r, t, v_tilde, torch.ones_like(t))
+
+
+def _jvp_float32(model, z_t: Tensor, r: Tensor, t: Tensor, dz: Tensor, dt: Tensor) -> Tensor:
+    """d/ds u(z_t + s dz, r, t + s dt) at s = 0 (dz like z_t, dt (B,)), in float32 outside autocast, no graph."""
+    z_t, r, t, dz, dt = _full(z_t), _full(r), _full(t), _full(dz), _full(dt)
     # SDPA's flash / memory-efficient kernels have no forward-mode AD: a model built with
     # use_flash_attention=True (MONAI's SDPA path) takes its JVP through the math kernel
     with torch.no_grad(), torch.autocast(z_t.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
-        _, du_dt = torch.func.jvp(lambda z, tt: model(z, r, tt), (z_t, t), (v_tilde, torch.ones_like(t)))
-    return du_dt
+        _, out = torch.func.jvp(lambda z, tt: model(z, r, tt), (z_t, t), (dz, dt))
+    return out
 
 
-def jvp_fd(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, u: Tensor, step: float) -> Tensor:
-    """One-sided finite difference along (v~, 0, 1) with step `step` (backward where t + step > 1)."""
+def time_derivative_parts(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor) -> tuple[Tensor, Tensor]:
+    """The two terms of du/dt = d_t u + (d_z u) v~ at (z_t, r, t), each (B, C, D, H, W), float32, no graph.
+
+    t-part d_t u: the JVP along (0, 0, 1) in (z, r, t); z-part (d_z u) v~: the JVP along (v~, 0, 0). By
+    linearity of the JVP in its tangent their sum is du/dt of `jvp_exact`. Costs two JVPs (diagnostics only).
+    """
+    du_dt_t = _jvp_float32(model, z_t, r, t, torch.zeros_like(v_tilde), torch.ones_like(t))
+    du_dt_z = _jvp_float32(model, z_t, r, t, v_tilde, torch.zeros_like(t))
+    return du_dt_t, du_dt_z
+
+
+def rms_norm(a: Tensor) -> Tensor:
+    """Per-sample RMS of a (B, ...) tensor, averaged over the batch (float32 scalar), as `jvp_norm`."""
+    return _full(a.detach()).flatten(1).pow(2).mean(1).sqrt().mean()
+
+
+def jvp_fd(
+    model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, u: Tensor | None = None, step: float = 1e-4
+) -> Tensor:
+    """One-sided finite difference (u(z_t + s v~, r, t + s) - u(z_t, r, t)) / s, s = `step` (-`step` where
+    t + step > 1), no autograd graph kept.
+
+    Both points are evaluated in float32 outside autocast, as in `jvp_exact`: in bf16 the difference of two
+    nearly equal outputs is rounding noise (relative error ~2 vs exact at step 1e-4). The trained primal `u` is
+    reused as the base point only when it is already such an evaluation (full precision, autocast off);
+    otherwise u(z_t, r, t) is evaluated again in float32 (one extra no-grad forward under autocast).
+    """
+    device = z_t.device.type
+    reuse = u is not None and u.dtype not in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(device)
+    z_t, r, t, v_tilde = _full(z_t), _full(r), _full(t), _full(v_tilde)
     s = torch.where(t + step <= 1.0, torch.full_like(t, step), torch.full_like(t, -step))
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device, enabled=False):
+        u_base = u.detach() if reuse else model(z_t, r, t)
         u_shift = model(z_t + _unsqueeze(s, z_t) * v_tilde, r, t + s)
-    return (u_shift - u.detach()) / _unsqueeze(s, z_t)
+    return (u_shift - u_base) / _unsqueeze(s, z_t)
 
 
 def time_derivative(

@@ -64,6 +64,9 @@ class MeanFlowObjective:
     time_sampler: TimeSampler = field(default_factory=TimeSampler)
     # optional drop-in for time_derivative (e.g. neuromf.models.compile_utils.compiled_time_derivative)
     derivative_fn: Callable | None = field(default=None, repr=False)
+    # the tangent point of the last call, detached: {"z_t", "v_tilde": (B, C, D, H, W), "r", "t": (B,)}; the
+    # diagnostics callback splits du/dt there into its t- and z-parts (time_derivative_parts)
+    last_point: dict[str, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.jvp not in JVP_STRATEGIES:
@@ -117,6 +120,7 @@ class MeanFlowObjective:
         v_tilde = v_hat.detach() if imf else v  # tangent along z
         derivative = self.derivative_fn or time_derivative
         u, du_dt = derivative(model, z_t, r, t, v_tilde, strategy=self.jvp, fd_step=self.fd_step)
+        self.last_point = {"z_t": z_t.detach(), "r": r.detach(), "t": t.detach(), "v_tilde": v_tilde.detach()}
         u_tgt = (v - _bcast(h, x) * du_dt).detach()  # sg(v - h du/dt)
         delta_u = u - u_tgt  # == V - v with V = u + h sg(du/dt)
         loss_u, d_u, per_ch = self.adaptive_loss(delta_u, mask)

@@ -1,4 +1,4 @@
-"""Sampling of (r, t) with t >= r: logit-normal (or uniform) pairs, a `data_proportion` of the batch with r = t."""
+"""Sampling of (r, t) with t >= r: logit-normal (or uniform) pairs, r = t with probability `data_proportion`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ class TimeSampler:
     """Draws (r, t), each (B,), in [0, 1] with t >= r.
 
     distribution: "logit_normal" (t = sigmoid(mu + sigma n)) or "uniform". Two draws are ordered so t >= r;
-    exactly round(data_proportion * B) samples get r = t (flow matching); MeanFlow used 0.75, iMF 0.5.
+    each sample independently gets r = t (flow matching) with probability data_proportion, so the share holds in
+    expectation at every batch size, B = 1 included; MeanFlow used 0.75, iMF 0.5.
     """
 
     distribution: str = "logit_normal"
@@ -35,7 +36,5 @@ class TimeSampler:
     def __call__(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         a, b = self._draw(batch_size, device, generator), self._draw(batch_size, device, generator)
         t, r = torch.maximum(a, b), torch.minimum(a, b)
-        n_fm = round(self.data_proportion * batch_size)
-        fm = torch.randperm(batch_size, generator=generator, device=device)[:n_fm]
-        r[fm] = t[fm]
-        return r, t
+        fm = torch.rand(batch_size, generator=generator, device=device) < self.data_proportion  # Bernoulli(dp)
+        return torch.where(fm, t, r), t

@@ -73,6 +73,7 @@ class MeanFlowUNet(nn.Module):
         use_flash_attention: bool = False,
         include_fc: bool = False,
         use_combined_linear: bool = False,
+        resblock_updown: bool = False,
     ):
         super().__init__()
         if conditioning not in CONDITIONING_MODES:
@@ -95,6 +96,7 @@ class MeanFlowUNet(nn.Module):
             use_flash_attention=use_flash_attention,
             include_fc=include_fc,
             use_combined_linear=use_combined_linear,
+            resblock_updown=resblock_updown,
         )
         c0, temb = num_channels[0], num_channels[0] * 4
         self.extra_embed = None

@@ -36,6 +36,8 @@ class RunRecord:
     best: dict[str, float] = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)  # the composed config (.hydra/config.yaml)
+    status_data: dict = field(default_factory=dict)  # status.json as written by the run
 
     @property
     def ok(self) -> bool:
@@ -97,7 +99,10 @@ def read_metrics_csv(path: Path) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
-    """Final (last logged) and best (minimum) value of every metric column."""
+    """Final (last logged) and best value of every metric column (maximum for higher-is-better evaluation
+    metrics such as coverage, minimum otherwise; see ``neuromf.tracking.keys.metric_direction``)."""
+    from neuromf.tracking.keys import metric_direction
+
     final, best = {}, {}
     for col in df.columns:
         if col in ("step", "epoch"):
@@ -105,8 +110,25 @@ def summarize(df: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
         vals = df[col][np.isfinite(df[col])]
         if len(vals):
             final[col] = float(vals.iloc[-1])
-            best[col] = float(vals.min())
+            best[col] = float(vals.max() if metric_direction(col) == "max" else vals.min())
     return final, best
+
+
+def read_config(run_dir: Path) -> dict:
+    """The composed config of a run (``.hydra/config.yaml``, interpolations left as written); {} if absent."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(path)
+        try:
+            return OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # an interpolation needing Hydra's runtime (${hydra:...}, ${now:...})
+            return OmegaConf.to_container(cfg, resolve=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the composed config ({exc})") from exc
 
 
 def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = "min") -> RunRecord:
@@ -130,6 +152,9 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
     if not overrides and status.get("overrides"):
         overrides = [str(x) for x in status["overrides"]]
     arm, seed = split_arm(overrides)
+    config = read_config(run_dir)
+    if config.get("seed") is not None:
+        seed = str(config["seed"])  # the composed value: also right when the sweep does not override it
 
     csv = run_dir / "metrics.csv"
     df = read_metrics_csv(csv) if csv.is_file() else pd.DataFrame()
@@ -165,6 +190,8 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
         best=best,
         metrics=df,
         notes=notes,
+        config=config,
+        status_data=status,
     )
 
 

@@ -1,4 +1,4 @@
-"""Run-dir bookkeeping: status.json, a W&B run id that survives requeues, the flat secret-free config."""
+"""Run-dir bookkeeping: status.json, a W&B run id that survives requeues, the secret-free config, provenance."""
 
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ def stable_run_id(run_dir: Path) -> str:
     return run_id
 
 
+def clean_config(cfg: dict) -> dict[str, Any]:
+    """The nested config with keys that look like secrets (api keys, tokens, ...) dropped at any depth."""
+    return {k: clean_config(v) if isinstance(v, dict) else v for k, v in cfg.items() if not SECRET.search(str(k))}
+
+
 def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
     """{'model': {'lr': 1}} -> {'model.lr': 1}, dropping keys that look like secrets (api keys, tokens, ...)."""
     out: dict[str, Any] = {}
@@ -56,3 +61,30 @@ def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def provenance(repo: str | Path | None = None) -> dict[str, Any]:
+    """Git commit and dirty flag of the code (None outside a git checkout), the command line, host and date."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -40,3 +40,22 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
         name=name,
         mode=wandb_mode(cfg.logger.wandb.mode),
     )
+
+
+def define_metrics(run, cfg: dict) -> dict[str, str | None]:
+    """Every metric on `trainer/global_step`; min / max summaries for the losses and evaluation metrics the
+    resolved config ``cfg`` logs (``neuromf.tracking.keys``); returns {key: summary}."""
+    from neuromf.tracking.keys import STEP_KEY, expected_keys, metric_direction
+
+    run.define_metric(STEP_KEY)
+    run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+    summaries = {}
+    for keys in expected_keys(cfg).values():
+        for key in keys:
+            if key.startswith("samples/"):
+                continue
+            mode = metric_direction(key) if key.startswith(("val/", "train/loss")) else None
+            summary = f"{mode},last" if mode else "last"
+            run.define_metric(key, step_metric=STEP_KEY, summary=summary)
+            summaries[key] = summary
+    return summaries

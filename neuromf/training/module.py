@@ -52,7 +52,8 @@ class MeanFlowModule(pl.LightningModule):
                 "ema_inference": ema_inference,
                 "seed": seed,
                 "data": data,
-            }
+            },
+            logger=False,  # neuromf.train logs the whole resolved config once (nested)
         )
         self.net = build(model, _convert_="all")
         self.objective: MeanFlowObjective = build(loss, _convert_="all")
@@ -84,7 +85,8 @@ class MeanFlowModule(pl.LightningModule):
         return self.net(z, r, t)
 
     def _objective(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        mask = random_spatial_mask(x.shape, self.hparams.mask_ratio, generator=generator)
+        # drawn on the batch's device with the module's generator (a CUDA generator cannot fill a CPU tensor)
+        mask = random_spatial_mask(x.shape, self.hparams.mask_ratio, generator=generator, device=x.device)
         return self.objective(self.net, x, mask=mask, generator=generator)
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
@@ -100,6 +102,9 @@ class MeanFlowModule(pl.LightningModule):
         with torch.no_grad():
             _, diag = self.objective(self.inference_net(), x, generator=g)
         self.log("val/loss_raw", diag["loss_raw"], sync_dist=True, batch_size=x.shape[0])
+        for term in ("loss_u", "loss_v"):  # per term: arms with and without a v-head compare like for like
+            if term in diag:
+                self.log(f"val/{term}", diag[term], sync_dist=True, batch_size=x.shape[0])
 
     # ---- inference ------------------------------------------------------------------------------------------
     def _ema_callback(self) -> EMA | None:

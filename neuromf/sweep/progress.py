@@ -1,0 +1,84 @@
+"""Hydra callback printing each arm's progress while a multirun trains (read from <run dir>/progress.json).
+
+Runs in the launching process: a thread polls the sweep dir every `every_s` seconds and prints one line per arm
+that changed (step/total, u-loss, time left), so `python -m neuromf.train -m ...` is not silent for minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def _fmt_time(seconds) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_lines(sweep_dir: Path, arms: dict[str, str] | None = None) -> dict[str, str]:
+    """job name -> one progress line, for every run dir of `sweep_dir` that has a progress.json."""
+    lines = {}
+    for path in sorted(Path(sweep_dir).glob("*/progress.json"), key=lambda p: p.parent.name):
+        try:
+            p = json.loads(path.read_text())
+        except (OSError, ValueError):  # being replaced right now: next poll
+            continue
+        job = path.parent.name
+        label = (arms or {}).get(job) or _overrides(path.parent)
+        total = f"/{p['total_steps']}" if p.get("total_steps") else ""
+        loss = f"  loss_u {p['loss_u']:.3g}" if p.get("loss_u") is not None else ""
+        left = "done" if p["state"] == "finished" else f"{_fmt_time(p.get('eta_s'))} left"
+        lines[job] = f"[arm {job}: {label}] {p['state']} step {p['step']}{total}{loss}  {left}"
+    return lines
+
+
+def _overrides(run_dir: Path) -> str:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return ""
+    import yaml
+
+    return " ".join(yaml.safe_load(path.read_text()) or [])
+
+
+class SweepProgress(Callback):
+    """Registered in conf/train.yaml under hydra.callbacks (`every_s`: poll interval; 0 switches it off)."""
+
+    def __init__(self, every_s: float = 15.0, stream=None):
+        self.every_s, self.stream = every_s, stream
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shown: dict[str, str] = {}
+
+    def _poll(self, sweep_dir: Path) -> None:
+        out = self.stream or sys.stdout
+        for job, line in progress_lines(sweep_dir).items():
+            if self._shown.get(job) != line:
+                print(line, file=out, flush=True)
+                self._shown[job] = line
+
+    def _loop(self, sweep_dir: Path) -> None:
+        while not self._stop.wait(self.every_s):
+            self._poll(sweep_dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if self.every_s <= 0:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(sweep_dir,), daemon=True, name="sweep-progress")
+        self._thread.start()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._poll(Path(config.hydra.sweep.dir))
+            self._thread = None

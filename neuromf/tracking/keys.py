@@ -1,0 +1,100 @@
+"""The metric keys a composed training config will log, and the direction (min / max / none) of each.
+
+One source for W&B `define_metric` (neuromf.train), the dashboards (neuromf.dashboards) and the report
+(neuromf.report), so that panels exist only for keys the runs log.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED
+
+STEP_KEY = "trainer/global_step"  # Lightning's WandbLogger x axis
+LATENT_METRICS = ("swd", "swd_patch")
+FID_METRICS = ("fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
+LEGACY = ("swd", "swd_patch", "feat3d_fd", *FID_METRICS)  # val/<m> = val/<m>/nfe<first NFE>
+_BASE = re.compile(r"^(?:val|ref)/([^/]+)")
+
+
+def metric_base(key: str) -> str | None:
+    """``val/kid/nfe1`` / ``val/kid`` / ``ref/kid/real`` -> ``kid``; other keys -> None."""
+    m = _BASE.match(key)
+    return m.group(1) if m else None
+
+
+def metric_direction(key: str) -> str | None:
+    """'min' / 'max' for a loss or evaluation key, None for keys without a better direction."""
+    base = metric_base(key)
+    if base is None:
+        return "min" if key.startswith("train/loss") else None
+    if base in HIGHER_IS_BETTER:
+        return "max"
+    if base in UNRANKED or base == "nfe_consistency":
+        return None
+    return "min"
+
+
+def _get(cfg: dict, dotted: str, default=None):
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return default
+        cfg = cfg[part]
+    return cfg
+
+
+def eval_metrics(cfg: dict[str, Any]) -> list[str]:
+    """Metric base names the evaluation of ``cfg`` computes (feat3d / msssim / FID only when configured)."""
+    ev = cfg.get("eval") or {}
+    if not ev.get("enabled", False):
+        return []
+    names = list(LATENT_METRICS)
+    if ev.get("feat3d_enabled", False):
+        names += FEAT3D_METRICS
+    if ev.get("fid_weights"):
+        names += FID_METRICS
+    if ev.get("msssim_enabled", False) and (ev.get("feat3d_enabled") or ev.get("fid_weights")):
+        names.append("msssim")
+    return names
+
+
+def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """Keys one run of the resolved config ``cfg`` (a plain dict) logs, by section.
+
+    Memory only on GPU; ``train/loss_v`` only with a v-head; FID only with ``eval.fid_weights``; eval metrics
+    per step count ``eval.nfe_list``; reference levels when ``eval.reference_levels``; samples per NFE."""
+    imf = bool(_get(cfg, "model.use_v_head", False))
+    channels = int(_get(cfg, "model.in_channels", 1) or 1)
+    gpu = _get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")
+    train = ["train/loss", "train/loss_raw", "train/loss_u", *(["train/loss_v"] if imf else [])]
+    train += [f"train/loss_ch{c}" for c in range(channels)]
+    diag = ["train/jvp_norm", "train/jvp_t_norm", "train/jvp_z_norm", "train/cos_V_v", "train/fm_fraction"]
+    diag += ["train/cos_vhat_v"] if imf else []
+    system = ["train/samples_per_s", *(["train/peak_mem_gb"] if gpu else []), "lr-AdamW"]
+    val = ["val/loss_raw", "val/loss_u", *(["val/loss_v"] if imf else [])]
+    ev = _get(cfg, "eval", {}) or {}
+    metrics = eval_metrics(cfg)
+    nfes = [int(n) for n in ev.get("nfe_list", [])] if metrics else []
+    evaluation = [f"val/{m}/nfe{n}" for m in metrics for n in nfes]
+    evaluation += [f"val/{m}" for m in metrics if m in LEGACY]
+    evaluation += ["val/eval_time_s"] if metrics else []
+    ref = [f"ref/{m}/{lvl}" for m in metrics for lvl in ("real", "noise")] if ev.get("reference_levels") else []
+    samples_cfg = _get(cfg, "callbacks.samples", {}) or {}
+    samples = [f"samples/nfe_{n}" for n in sorted(samples_cfg.get("nfe_list", []))] if samples_cfg.get("enabled") else []
+    if len(samples) > 1:
+        val.append("val/nfe_consistency")
+    return {
+        "train": train,
+        "diagnostics": diag,
+        "system": system,
+        "val": val,
+        "eval": evaluation,
+        "reference": ref,
+        "samples": samples,
+    }
+
+
+def all_expected(configs: list[dict[str, Any]]) -> set[str]:
+    """Union of ``expected_keys`` over the configs (the arms of a sweep)."""
+    return {k for cfg in configs for keys in expected_keys(cfg).values() for k in keys}

@@ -1,0 +1,55 @@
+"""Per-arm progress while a multirun trains: progress.json from the run, one line per arm in the launcher."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import yaml
+from omegaconf import OmegaConf
+from training_helpers import tiny_cfg
+
+from neuromf.sweep.progress import SweepProgress, progress_lines
+from neuromf.train import train
+
+
+def _arm(sweep, job: str, overrides: list[str], **progress) -> None:
+    run = sweep / job
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run / "progress.json").write_text(json.dumps(progress))
+
+
+def test_lines_name_the_arm_its_step_loss_and_time_left(tmp_path):
+    _arm(tmp_path, "0", ["v_head=res0"], state="training", step=40, total_steps=120, loss_u=0.5, eta_s=125)
+    _arm(tmp_path, "1", ["v_head=off"], state="finished", step=120, total_steps=120, loss_u=0.25, eta_s=0)
+    lines = progress_lines(tmp_path)
+    assert lines["0"] == "[arm 0: v_head=res0] training step 40/120  loss_u 0.5  2m05s left"
+    assert lines["1"] == "[arm 1: v_head=off] finished step 120/120  loss_u 0.25  done"
+
+
+def test_the_launcher_thread_prints_changes_while_arms_run(tmp_path):
+    out = io.StringIO()
+    callback = SweepProgress(every_s=0.05, stream=out)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback.on_multirun_start(config)
+    _arm(tmp_path, "0", ["seed=1"], state="training", step=3, total_steps=9, loss_u=1.0, eta_s=12)
+    time.sleep(0.5)
+    (tmp_path / "0" / "progress.json").write_text(
+        json.dumps({"state": "finished", "step": 9, "total_steps": 9, "loss_u": 0.5, "eta_s": 0})
+    )
+    callback.on_multirun_end(config)
+    printed = out.getvalue().splitlines()
+    assert printed == [
+        "[arm 0: seed=1] training step 3/9  loss_u 1  12s left",
+        "[arm 0: seed=1] finished step 9/9  loss_u 0.5  done",
+    ]
+
+
+def test_a_run_writes_its_progress_file(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg("trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"), run)
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["state"] == "finished" and progress["step"] == progress["total_steps"] == 3
+    assert progress["loss_u"] > 0 and progress["eta_s"] == 0
