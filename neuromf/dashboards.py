@@ -2,8 +2,11 @@
 
 Usage::
 
-    python -m neuromf.dashboards build --entity E --project P [--group G] [--out dashboards/]
-    python -m neuromf.dashboards push  --entity E --project P [--group G]      # needs WANDB_API_KEY
+    python -m neuromf.dashboards build --entity E --project P [--sweep NAME | --sweep-dir DIR] [--out dashboards/]
+    python -m neuromf.dashboards push  --entity E --project P [--sweep NAME | --sweep-dir DIR]  # needs WANDB_API_KEY
+
+For a sweep, runs are grouped by the config keys the sweep varies, resolved (``v_head`` -> ``model.use_v_head``),
+and panels exist only for keys its composed configs log (``neuromf.tracking.keys``).
 
 ``build`` works offline and writes the JSON view models (stable ids, sorted keys) so that changes to the
 dashboards can be reviewed as git diffs; ``push`` saves the same objects to W&B.
@@ -13,28 +16,40 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 
-# Config keys that define an ablation arm (Hydra config paths, logged as a nested W&B config).
-ARM_KEYS = ("model.prediction_type", "model.conditioning", "loss.norm_p", "optim.lr")
-DEFAULT_NFE = (1, 2, 4)
-OBJECTIVE = "val/swd"
+from neuromf.tracking.keys import LEGACY, STEP_KEY, all_expected, metric_base, metric_direction
+from neuromf.tracking.run import flat_config
 
+# Fallback arm keys when no sweep is given (Hydra config paths, logged as a nested W&B config).
+ARM_KEYS = ("model.prediction_type", "model.conditioning", "loss.norm_p", "optim.lr")
+DEFAULT_NFE = (1, 2, 5)
+OBJECTIVE = "val/swd"
+X_AXIS = STEP_KEY
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+REPLICATE_KEYS = ("seed",)
+
+# (section, [(panel title, candidate keys)]): a panel keeps the candidates the sweep's configs will log.
 SECTIONS: dict[str, list[tuple[str, list[str]]]] = {
     "losses": [
-        ("loss", ["train/loss", "train/loss_raw"]),
-        ("loss terms", ["train/loss_u", "train/loss_v"]),
-        ("validation loss", ["val/loss_raw"]),
+        ("loss terms: loss_u (all arms)", ["train/loss_u"]),
+        ("loss terms: loss_v (v-head arms)", ["train/loss_v"]),
+        ("optimised loss (loss_u + loss_v with a v-head)", ["train/loss", "train/loss_raw"]),
+        ("loss_u on flow-matching / MeanFlow pairs", ["train/loss_u_fm", "train/loss_u_mf"]),
+        ("validation loss terms", ["val/loss_u", "val/loss_v"]),
+        ("validation loss (sum of the arm's terms)", ["val/loss_raw"]),
     ],
     "JVP": [
-        ("JVP norm", ["train/jvp_norm"]),
+        ("JVP norm", ["train/jvp_norm", "train/jvp_t_norm", "train/jvp_z_norm"]),
         ("cosines", ["train/cos_V_v", "train/cos_vhat_v"]),
         ("flow-matching fraction", ["train/fm_fraction"]),
     ],
@@ -42,12 +57,7 @@ SECTIONS: dict[str, list[tuple[str, list[str]]]] = {
         ("samples/s", ["train/samples_per_s"]),
         ("peak GPU memory (GB)", ["train/peak_mem_gb"]),
         ("learning rate", ["lr-AdamW"]),
-    ],
-    "eval": [
-        ("SWD", ["val/swd"]),
-        ("2.5D FID", ["val/fid_mean", "val/fid_axial", "val/fid_coronal", "val/fid_sagittal"]),
-        ("3D feature distance", ["val/feat3d_fd"]),
-        ("NFE consistency", ["val/nfe_consistency"]),
+        ("evaluation time (s)", ["val/eval_time_s"]),
     ],
 }
 
@@ -63,38 +73,184 @@ def group_filter(group: str | None) -> str:
 
 
 def _line(title: str, keys: list[str]) -> wr.LinePlot:
-    return wr.LinePlot(title=title, x="Step", y=keys, groupby_aggfunc="mean", groupby_rangefunc="stddev")
+    return wr.LinePlot(title=title, x=X_AXIS, y=keys, groupby_aggfunc="mean", groupby_rangefunc="stddev")
+
+
+# ------------------------------------------------------------------------------------ sweep configs
+def compose(overrides: list[str]) -> dict:
+    """The resolved training config for ``overrides`` (Hydra compose API, with the hydra node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR):
+        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        sweeper = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}, resolve=False)
+        resolved = {
+            k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg
+            if k != "hydra"
+        }
+        return {**resolved, "_sweep_params": sweeper}
+
+
+def _choices(spec: str) -> list[str] | None:
+    """Values of a sweeper parameter: 'a,b' or 'choice(a, b)'; None for ranges / intervals (Optuna)."""
+    spec = str(spec).strip()
+    if spec.startswith("choice(") and spec.endswith(")"):
+        spec = spec[len("choice(") : -1]
+    elif "(" in spec:
+        return None
+    return [v.strip() for v in spec.split(",")]
+
+
+def sweep_configs(sweep: str, overrides: tuple[str, ...] = ()) -> tuple[list[dict], list[str]]:
+    """Resolved configs of every grid point of ``conf/sweep/<sweep>.yaml`` (one per arm, first value of the
+    other parameters), and the sweeper's continuous parameters (Optuna ranges), which vary as they are."""
+    base = [f"sweep={sweep}", *overrides]
+    params = compose(base)["_sweep_params"]
+    grid = {k: _choices(v) for k, v in params.items()}
+    continuous = [k for k, v in grid.items() if v is None]
+    grid = {k: v for k, v in grid.items() if v is not None and k not in REPLICATE_KEYS}
+    configs = [
+        compose([*base, *(f"{k}={v}" for k, v in zip(grid, vals))]) for vals in itertools.product(*grid.values())
+    ]
+    return configs or [compose(base)], continuous
+
+
+def run_configs(sweep_dir: Path) -> list[dict]:
+    """Resolved configs of the runs of a sweep dir (``<run>/.hydra/config.yaml``)."""
+    from neuromf.tracking.metrics import find_run_dirs, read_config
+
+    configs = [read_config(d) for d in find_run_dirs(sweep_dir)]
+    if not configs:
+        raise RuntimeError(f"no runs in sweep dir {sweep_dir}")
+    return configs
+
+
+def varying_keys(configs: list[dict]) -> list[str]:
+    """Dotted config keys whose resolved value differs between the configs (replicate keys left out)."""
+    flats = [flat_config({k: v for k, v in c.items() if not k.startswith("_")}) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    return [
+        k
+        for k in keys
+        if k not in REPLICATE_KEYS and len({json.dumps(f.get(k), default=str, sort_keys=True) for f in flats}) > 1
+    ]
+
+
+def sweep_plan(sweep: str | None = None, sweep_dir: Path | None = None, overrides=()) -> dict:
+    """Arm keys (resolved), logged keys, NFEs, objective and group of a sweep (by name or from its run dirs);
+    the defaults of ``conf/train.yaml`` when neither is given."""
+    if sweep_dir is not None:
+        configs, continuous = run_configs(Path(sweep_dir)), []
+    elif sweep is not None:
+        configs, continuous = sweep_configs(sweep, tuple(overrides))
+    else:
+        configs, continuous = [compose(list(overrides))], []
+    arm_keys = list(dict.fromkeys([*varying_keys(configs), *continuous]))
+    keys = all_expected(configs)
+    nfe = sorted({int(k.split("_")[-1]) for k in keys if k.startswith("samples/nfe_")})
+    first = configs[0]
+    return {
+        "arm_keys": tuple(arm_keys),
+        "keys": keys,
+        "nfe": tuple(nfe),
+        "objective": first.get("objective", OBJECTIVE),
+        "objective_mode": first.get("objective_mode", "min"),
+        "group": first.get("sweep_name"),
+    }
+
+
+def panel_keys(obj) -> set[str]:
+    """Every metric / media key the panels of a Workspace or Report view model plot (from its JSON)."""
+    data = json.loads(obj) if isinstance(obj, str) else obj
+    found: set[str] = set()
+
+    def walk(x):
+        if isinstance(x, dict):
+            cfg = x.get("config") if isinstance(x.get("config"), dict) else {}
+            for field in ("metrics", "mediaKeys"):
+                found.update(k for k in cfg.get(field) or [] if isinstance(k, str))
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(data)
+    return found
+
+
+# ---------------------------------------------------------------------------------------- dashboards
+def _eval_panels(keys: set[str]) -> list:
+    """One line plot per evaluation metric (its step counts together) and one bar per reference level set."""
+    bases = sorted({metric_base(k) for k in keys if re.match(r"^val/[^/]+/nfe\d+$", k)})
+    panels = []
+    for m in bases:
+        ys = sorted((k for k in keys if k.startswith(f"val/{m}/nfe")), key=lambda k: int(k.rsplit("nfe", 1)[1]))
+        panels.append(_line(f"{m} by step count ({metric_direction(ys[0]) or 'no direction'})", ys))
+    return panels
+
+
+def _ref_panels(keys: set[str]) -> list:
+    bases = sorted({metric_base(k) for k in keys if k.startswith("ref/")})
+    return [
+        wr.BarPlot(
+            title=f"{m}: real floor / noise ceiling",
+            metrics=[k for k in (f"ref/{m}/real", f"ref/{m}/noise") if k in keys],
+        )
+        for m in bases
+    ]
 
 
 def monitoring_workspace(
-    entity: str, project: str, group: str | None = None, arm_keys=ARM_KEYS, nfe=DEFAULT_NFE
+    entity: str,
+    project: str,
+    group: str | None = None,
+    arm_keys=ARM_KEYS,
+    nfe=DEFAULT_NFE,
+    keys=None,
+    objective=OBJECTIVE,
 ) -> ws.Workspace:
-    """Workspace with losses / JVP / throughput / eval / samples sections, runs grouped by group and arm."""
+    """Workspace with losses / JVP / throughput / eval / reference / samples sections (panels only for ``keys``,
+    the keys the sweep's configs log), runs grouped by group and the arm keys, x axis trainer/global_step."""
+    keys = set(keys) if keys is not None else all_expected([compose([])])
     sections = []
     for name, plots in SECTIONS.items():
-        panels = [_line(t, k) for t, k in plots]
-        if name == "losses":
-            panels.append(wr.LinePlot(title="per-channel loss", x="Step", metric_regex="train/loss_ch.*"))
-        sections.append(ws.Section(name=name, panels=panels, is_open=name in ("losses", "eval")))
-    sections.append(
-        ws.Section(
-            name="samples",
-            is_open=True,
-            panels=[
-                wr.MediaBrowser(title=k, media_keys=[k], num_columns=4, gallery_axis="step") for k in sample_keys(nfe)
-            ],
+        panels = [_line(t, [k for k in ks if k in keys]) for t, ks in plots if any(k in keys for k in ks)]
+        if name == "losses" and any(k.startswith("train/loss_ch") for k in keys):
+            panels.append(wr.LinePlot(title="per-channel loss", x=X_AXIS, metric_regex="train/loss_ch.*"))
+        if panels:
+            sections.append(ws.Section(name=name, panels=panels, is_open=name == "losses"))
+    if any(k.startswith("val/") and "/nfe" in k for k in keys):
+        extra = [_line("NFE consistency", ["val/nfe_consistency"])] if "val/nfe_consistency" in keys else []
+        aliases = [f"val/{m}" for m in LEGACY if f"val/{m}" in keys]
+        extra += [_line("first step count (older names)", aliases)] if aliases else []
+        sections.append(ws.Section(name="eval", panels=_eval_panels(keys) + extra, is_open=True))
+    if any(k.startswith("ref/") for k in keys):
+        sections.append(ws.Section(name="reference levels", panels=_ref_panels(keys), is_open=False))
+    media = [k for k in sample_keys(nfe) if k in keys]
+    if media:
+        sections.append(
+            ws.Section(
+                name="samples",
+                is_open=True,
+                panels=[wr.MediaBrowser(title=k, media_keys=[k], num_columns=4, gallery_axis="step") for k in media],
+            )
         )
-    )
     return ws.Workspace(
         entity=entity,
         project=project,
         name=f"NeuroMF monitor{f' - {group}' if group else ''}",
         sections=sections,
-        settings=ws.WorkspaceSettings(x_axis="Step", max_runs=50),
+        settings=ws.WorkspaceSettings(x_axis=X_AXIS, max_runs=50),
         runset_settings=ws.RunsetSettings(
             filters=group_filter(group),
             groupby=[ws.Metric("Group"), *[ws.Config(k) for k in arm_keys]],
-            pinned_columns=["summary:" + OBJECTIVE, *[f"config:{_cfg_col(k)}" for k in arm_keys]],
+            pinned_columns=["summary:" + objective, *[f"config:{_cfg_col(k)}" for k in arm_keys]],
         ),
     )
 
@@ -105,8 +261,18 @@ def _cfg_col(key: str) -> str:
     return ".".join([first, "value", *rest])
 
 
-def ablation_report(entity: str, project: str, group: str | None = None, arm_keys=ARM_KEYS) -> wr.Report:
-    """Report template comparing ablation arms: runs of ``group`` grouped by the arm config keys."""
+def ablation_report(
+    entity: str,
+    project: str,
+    group: str | None = None,
+    arm_keys=ARM_KEYS,
+    keys=None,
+    objective=OBJECTIVE,
+    nfe=DEFAULT_NFE,
+) -> wr.Report:
+    """Report template comparing ablation arms: runs of ``group`` grouped by the arm config keys; panels for
+    the objective, the per-term losses and the evaluation metrics the sweep logs."""
+    keys = set(keys) if keys is not None else all_expected([compose([])])
     runset = wr.Runset(
         entity=entity,
         project=project,
@@ -116,8 +282,8 @@ def ablation_report(entity: str, project: str, group: str | None = None, arm_key
     )
     panels = [
         wr.BarPlot(
-            title=f"{OBJECTIVE} per arm (mean ± std)",
-            metrics=[OBJECTIVE],
+            title=f"{objective} per arm (best per run; mean ± std)",
+            metrics=[objective],
             groupby_aggfunc="mean",
             groupby_rangefunc="stddev",
             layout=wr.Layout(x=0, y=0, w=12, h=8),
@@ -127,33 +293,33 @@ def ablation_report(entity: str, project: str, group: str | None = None, arm_key
             layout=wr.Layout(x=12, y=0, w=12, h=8),
             columns=[
                 *[wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in arm_keys],
-                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(OBJECTIVE)),
+                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(objective)),
             ],
         ),
-        _line("train/loss_raw", ["train/loss_raw"]),
-        _line("val/swd", ["val/swd"]),
-        _line("2.5D FID", ["val/fid_mean"]),
-        _line("3D feature distance", ["val/feat3d_fd"]),
     ]
-    for i, p in enumerate(panels[2:]):
+    lines = [_line(k, [k]) for k in ("train/loss_u", "train/loss_v", "val/loss_u", "val/loss_v") if k in keys]
+    lines += [_line(objective, [objective])] if objective in keys else []
+    lines += _eval_panels(keys) + _ref_panels(keys)
+    for i, p in enumerate(lines):
         p.layout = wr.Layout(x=12 * (i % 2), y=8 + 6 * (i // 2), w=12, h=6)
+    media = [k for k in sample_keys(nfe) if k in keys]
     return wr.Report(
         entity=entity,
         project=project,
         title=f"NeuroMF ablation: {group or 'all runs'}",
-        description="Ablation arms (grouped by config) compared on the validation objective, mean ± std over seeds.",
+        description="Ablation arms (grouped by their resolved config keys) compared per loss term and metric.",
         blocks=[
             wr.H1(text="Ablation arms"),
             wr.P(text=f"Runs of W&B group '{group}'." if group else "All runs of the project."),
             wr.P(
-                text=f"Arms: {', '.join(arm_keys)}. Objective: {OBJECTIVE} (lower is better). "
-                "Offline statistics with Welch tests: python -m neuromf.report <sweep_dir>."
+                text=f"Arms: {', '.join(arm_keys) or '(none)'}. Objective: {objective}. Offline statistics "
+                "(bootstrap CIs, paired tests, Holm): python -m neuromf.report <sweep_dir>."
             ),
-            wr.PanelGrid(runsets=[runset], panels=panels),
+            wr.PanelGrid(runsets=[runset], panels=panels + lines),
             wr.H2(text="Samples"),
             wr.PanelGrid(
                 runsets=[copy.deepcopy(runset)],
-                panels=[wr.MediaBrowser(title="samples", media_keys=sample_keys(), num_columns=4)],
+                panels=[wr.MediaBrowser(title="samples", media_keys=media, num_columns=4)] if media else [],
             ),
         ],
     )
@@ -171,16 +337,15 @@ def to_json(obj) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
-def build(entity: str, project: str, group: str | None, out: Path, arm_keys=ARM_KEYS, nfe=DEFAULT_NFE) -> list[Path]:
-    """Build both objects and write ``workspace_monitor.json`` and ``report_ablation.json`` atomically."""
+def build(entity: str, project: str, group: str | None, out: Path, plan: dict | None = None) -> list[Path]:
+    """Build both objects for ``plan`` (``sweep_plan``) and write ``workspace_monitor.json`` and
+    ``report_ablation.json`` atomically."""
+    plan = plan or sweep_plan()
+    objs = _objects(entity, project, group, plan)
     state = random.getstate()
     random.seed(0)  # wandb_workspaces draws panel / runset ids from `random`: fixed ids give stable diffs
     try:
-        objs = {
-            "workspace_monitor.json": monitoring_workspace(entity, project, group, arm_keys, nfe),
-            "report_ablation.json": ablation_report(entity, project, group, arm_keys),
-        }
-        texts = {name: to_json(o) for name, o in objs.items()}
+        texts = {name: to_json(o()) for name, o in objs.items()}
     finally:
         random.setstate(state)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +358,15 @@ def build(entity: str, project: str, group: str | None, out: Path, arm_keys=ARM_
     return paths
 
 
-def push(entity: str, project: str, group: str | None, arm_keys=ARM_KEYS, nfe=DEFAULT_NFE) -> list[str]:
+def _objects(entity, project, group, plan) -> dict:
+    kw = {"keys": plan["keys"], "objective": plan["objective"], "nfe": plan["nfe"], "arm_keys": plan["arm_keys"]}
+    return {
+        "workspace_monitor.json": lambda: monitoring_workspace(entity, project, group, **kw),
+        "report_ablation.json": lambda: ablation_report(entity, project, group, **kw),
+    }
+
+
+def push(entity: str, project: str, group: str | None, plan: dict | None = None) -> list[str]:
     """Save both objects to W&B (network + WANDB_API_KEY required); returns their URLs."""
     if not os.environ.get("WANDB_API_KEY"):
         raise RuntimeError(
@@ -202,9 +375,8 @@ def push(entity: str, project: str, group: str | None, arm_keys=ARM_KEYS, nfe=DE
         )
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         raise RuntimeError(f"push needs network access but WANDB_MODE={os.environ['WANDB_MODE']}")
-    w = monitoring_workspace(entity, project, group, arm_keys, nfe).save()
-    r = ablation_report(entity, project, group, arm_keys).save()
-    return [w.url, r.url]
+    objs = _objects(entity, project, group, plan or sweep_plan())
+    return [o().save().url for o in objs.values()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,18 +384,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=["build", "push"])
     p.add_argument("--entity", required=True)
     p.add_argument("--project", required=True)
-    p.add_argument("--group", default=None, help="W&B group (= sweep name) to filter on; default: all runs")
-    p.add_argument("--arm-key", action="append", default=None, help=f"config key of an arm (default: {ARM_KEYS})")
-    p.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFEs of the sample panels")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--sweep", default=None, help="sweep config name (conf/sweep/<name>.yaml): arms composed")
+    src.add_argument("--sweep-dir", type=Path, default=None, help="a launched sweep dir: its runs' configs")
+    p.add_argument("--override", action="append", default=[], help="extra Hydra override of the sweep's runs")
+    p.add_argument("--group", default=None, help="W&B group to filter on (default: the sweep's sweep_name)")
+    p.add_argument("--arm-key", action="append", default=None, help="group by these config keys instead")
     p.add_argument("--out", type=Path, default=Path("dashboards"), help="build: output dir (default: dashboards/)")
     args = p.parse_args(argv)
-    arm_keys = tuple(args.arm_key) if args.arm_key else ARM_KEYS
     try:
+        plan = sweep_plan(args.sweep, args.sweep_dir, args.override)
+        if args.arm_key:
+            plan["arm_keys"] = tuple(args.arm_key)
+        elif not plan["arm_keys"] and not (args.sweep or args.sweep_dir):
+            plan["arm_keys"] = ARM_KEYS
+        group = args.group or (plan["group"] if (args.sweep or args.sweep_dir) else None)
         if args.command == "build":
-            for path in build(args.entity, args.project, args.group, args.out, arm_keys, tuple(args.nfe)):
+            for path in build(args.entity, args.project, group, args.out, plan):
                 print(f"wrote {path}")
         else:
-            for url in push(args.entity, args.project, args.group, arm_keys, tuple(args.nfe)):
+            for url in push(args.entity, args.project, group, plan):
                 print(f"saved {url}")
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)

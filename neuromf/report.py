@@ -1,8 +1,9 @@
-"""Compare the ablation arms of one or more sweeps: statistics over seeds, plots, report.md / report.html.
+"""Compare the ablation arms of one or more sweeps: configuration differences, statistics over seeds, loss terms,
+reference levels, samples, cost and provenance -> report.md / report.html.
 
 Usage::
 
-    python -m neuromf.report <sweep_dir> [<sweep_dir> ...] [--metric val/swd] [--mode min] [--out DIR]
+    python -m neuromf.report <sweep_dir> [<sweep_dir> ...] [--metric KEY] [--mode min|max] [--out DIR]
 
 Runs are grouped into arms by their Hydra overrides minus ``seed``. Only completed runs with a finite
 objective count in the statistics; failed / diverged / running runs are listed and marked.
@@ -16,26 +17,32 @@ import html
 import json
 import math
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
+from neuromf.tracking.keys import metric_base, metric_direction
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, RunRecord, load_sweep
+from neuromf.tracking.run import flat_config
 
 # Loss terms compared per term (never train/loss_raw: it is loss_u + loss_v with a v-head, loss_u without).
 LOSS_TERMS = [("final", "train/loss_u"), ("final", "train/loss_v"), ("best", "val/loss_u"), ("best", "val/loss_v")]
 SUM_KEYS = ("train/loss_raw", "val/loss_raw")
-REPLICATE_KEYS = ("seed",)  # config keys that vary between seeds of one arm by design
-CONFIG_SKIP = ("hydra",)  # config subtrees that are bookkeeping, not settings
+REPLICATE_KEYS = ("seed",)  # config keys that vary between the seeds of one arm by design
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0
 NO_STATS = "n = 1: no statistics"
+_EVAL_KEY = re.compile(r"^val/(?!loss)[^/]+(/nfe\d+)?$")
 
 
 # ----------------------------------------------------------------------------------------- grouping
@@ -61,14 +68,109 @@ def assign_arms(records: list[RunRecord], sweeps: list[str] | None = None) -> li
     return labels
 
 
+def _sort_key(key: str):
+    """Evaluation keys ordered by metric, then step count."""
+    m = re.match(r"^(.*)/nfe(\d+)$", key)
+    return (m.group(1), int(m.group(2))) if m else (key, -1)
+
+
 def metric_columns(records: list[RunRecord]) -> list[tuple[str, str]]:
-    """MAIN_METRICS entries that at least one run logged."""
-    return [(agg, m) for agg, m in MAIN_METRICS if any(m in getattr(r, agg) for r in records)]
+    """(aggregate, key) columns: the loss terms and every evaluation metric (``val/<m>[/nfeN]``) that at least
+    one run logged, found by pattern; best = min, or max for higher-is-better metrics."""
+    logged = {k for r in records for k in r.final}
+    cols = [(agg, k) for agg, k in LOSS_TERMS if k in logged]
+    evals = sorted((k for k in logged if _EVAL_KEY.match(k) and k != "val/eval_time_s"), key=_sort_key)
+    return cols + [("best" if metric_direction(k) else "final", k) for k in evals]
+
+
+# ------------------------------------------------------------------------------------- config diff
+def config_diff(configs: list[dict], arms: list[str]) -> tuple[pd.DataFrame, dict, list[str]]:
+    """Resolved-config differences between arms.
+
+    Returns (table: one row per key whose value differs between arms, one column per arm, in arm order;
+    fixed: {key: value} equal in every run; within: keys that vary inside an arm, e.g. seed)."""
+    flats = [flat_config(c) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    order = list(dict.fromkeys(arms))
+    rows, fixed, within = {}, {}, []
+    for key in keys:
+        per_arm = {}
+        for f, arm in zip(flats, arms, strict=True):
+            per_arm.setdefault(arm, set()).add(json.dumps(f.get(key, "<absent>"), default=str))
+        values = set().union(*per_arm.values())
+        if len(values) == 1:
+            fixed[key] = json.loads(next(iter(values)))
+            continue
+        if any(len(v) > 1 for v in per_arm.values()):
+            within.append(key)
+        if len({frozenset(v) for v in per_arm.values()}) > 1:
+            rows[key] = [
+                ", ".join(sorted(json.loads(x) if x.startswith('"') else x for x in per_arm[a])) for a in order
+            ]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=order)
+    table.index.name = "key"
+    return table, fixed, within
+
+
+# ------------------------------------------------------------------------------------------- stats
+def bootstrap_ci(values, confidence: float = 0.95, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (scipy.stats.bootstrap, seeded); NaNs for n < 2."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    if np.ptp(x) == 0:
+        return float(x[0]), float(x[0])
+    res = stats.bootstrap(
+        (x,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaNs kept and not counted)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def compare(arm: dict, best: dict) -> dict:
+    """Difference arm - best of the objective. Seed-paired t-test when >= 2 seeds are shared, else Welch when
+    both have n >= 2, else no test. ``arm`` / ``best``: {seed: value}."""
+    a, b = np.array(list(arm.values()), float), np.array(list(best.values()), float)
+    out = {"diff": float(a.mean() - b.mean()) if len(a) and len(b) else math.nan}
+    shared = sorted(set(arm) & set(best), key=str)
+    if len(shared) >= 2:
+        x, y = np.array([arm[s] for s in shared], float), np.array([best[s] for s in shared], float)
+        if np.ptp(x - y) == 0:
+            return out | {"test": f"paired ({len(shared)} seeds): constant difference", "diff": float((x - y)[0])}
+        res = stats.ttest_rel(x, y)
+        ci = res.confidence_interval(0.95)
+        return out | {
+            "test": f"paired t ({len(shared)} seeds)",
+            "diff": float(np.mean(x - y)),
+            "p": float(res.pvalue),
+            "ci": (float(ci.low), float(ci.high)),
+        }
+    if len(a) >= 2 and len(b) >= 2:
+        res = stats.ttest_ind(a, b, equal_var=False)
+        ci = res.confidence_interval(0.95)
+        return out | {"test": "Welch t", "p": float(res.pvalue), "ci": (float(ci.low), float(ci.high))}
+    return out | {"test": NO_STATS}
 
 
 # ------------------------------------------------------------------------------------------- tables
 def run_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
-    """One row per run: arm, seed, status, objective, main metrics, notes, path."""
+    """One row per run: arm, seed, status, objective, loss terms, evaluation metrics, notes, path."""
     cols = metric_columns(records)
     rows = []
     for r, arm in zip(records, arms, strict=True):
@@ -88,38 +190,346 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
-    """Per arm: n used / n runs, mean and sample std (ddof=1) of the objective and of the main metrics,
-    rank (1 = best mean objective), Welch t-test and 95% CI of (arm - best arm) when both have n >= 2."""
+    """Per arm: n, mean / sample std (ddof=1) / seeded bootstrap 95% CI of the objective and of every metric
+    column, rank (1 = best mean objective), and the comparison with the best arm (seed-paired t-test where
+    the arms share seeds, else Welch; Holm-adjusted across arms)."""
     metric_cols = [c for c in runs.columns if c.startswith(("best ", "final "))]
     rows = []
     for arm, g in runs.groupby("arm", sort=False):
         used = g[g["used"]]
         row = {"arm": arm, "n": len(used), "n_runs": len(g), "n_excluded": int((~g["used"]).sum())}
+        row["seeds"] = ", ".join(str(s) for s in used["seed"])
+        row["running"] = int((g["status"] == "running").sum())
         row["excluded"] = ", ".join(
             f"seed {s}: {st}" for s, st in zip(g.loc[~g["used"], "seed"], g.loc[~g["used"], "status"], strict=True)
         )
         for col in ["objective", *metric_cols]:
             vals = used[col].astype(float).dropna().to_numpy()
             row[f"{col} mean"], row[f"{col} std"] = _mean_std(vals)
+            if col == "objective":
+                row["objective ci low"], row["objective ci high"] = bootstrap_ci(vals)
         rows.append(row)
     table = pd.DataFrame(rows)
     score = table["objective mean"] if mode == "min" else -table["objective mean"]
     table["rank"] = score.rank(method="min", na_option="keep")
-    table = table.assign(_s=score).sort_values("_s", na_position="last").drop(columns="_s")
+    table = table.assign(_s=score).sort_values("_s", na_position="last", kind="stable").drop(columns="_s")
     table = table.reset_index(drop=True)
-    table["p vs best"], table["diff vs best"] = math.nan, math.nan
-    table["ci low"], table["ci high"] = math.nan, math.nan
+    for col in ("p vs best", "diff vs best", "ci low", "ci high", "p holm"):
+        table[col] = math.nan
+    table["test"] = ""
     if len(table) and not math.isnan(table.loc[0, "objective mean"]):
-        best = runs[(runs["arm"] == table.loc[0, "arm"]) & runs["used"]]["objective"].astype(float).to_numpy()
+
+        def by_seed(arm):
+            g = runs[(runs["arm"] == arm) & runs["used"]]
+            return dict(zip(g["seed"], g["objective"].astype(float), strict=True))
+
+        best = by_seed(table.loc[0, "arm"])
         for i in range(1, len(table)):
-            vals = runs[(runs["arm"] == table.loc[i, "arm"]) & runs["used"]]["objective"].astype(float).to_numpy()
-            table.loc[i, "diff vs best"] = float(np.mean(vals) - np.mean(best)) if len(vals) else math.nan
-            if len(vals) >= 2 and len(best) >= 2:
-                res = stats.ttest_ind(vals, best, equal_var=False)
-                ci = res.confidence_interval(0.95)
-                table.loc[i, "p vs best"] = float(res.pvalue)
-                table.loc[i, ["ci low", "ci high"]] = [float(ci.low), float(ci.high)]
+            vals = by_seed(table.loc[i, "arm"])
+            if not vals:
+                continue
+            c = compare(vals, best)
+            table.loc[i, ["diff vs best", "test"]] = [c["diff"], c["test"]]
+            if "p" in c:
+                table.loc[i, ["p vs best", "ci low", "ci high"]] = [c["p"], *c["ci"]]
+        table["p holm"] = holm(table["p vs best"].to_numpy())
     return table
+
+
+# ------------------------------------------------------------------------------- reference levels
+def reference_levels(records: list[RunRecord]) -> dict[str, dict[str, float]]:
+    """{metric: {"real": floor, "noise": ceiling}} from eval/summary.json or ``ref/<metric>/<level>`` columns
+    (mean over runs; the levels are computed once per data set, so runs agree)."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        levels = {}
+        path = r.path / "eval" / "summary.json"
+        if path.is_file():
+            try:
+                for m, lv in (json.loads(path.read_text()).get("reference") or {}).items():
+                    levels |= {(m, k): float(v) for k, v in lv.items() if v is not None}
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+                pass
+        for key, v in r.final.items():
+            parts = key.split("/")
+            if parts[0] == "ref" and len(parts) == 3:
+                levels.setdefault((parts[1], parts[2]), v)
+        for k, v in levels.items():
+            if math.isfinite(v):
+                found.setdefault(k, []).append(v)
+    out: dict[str, dict[str, float]] = {}
+    for (m, level), vals in sorted(found.items()):
+        out.setdefault(m, {})[level] = float(np.mean(vals))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ samples
+def _epoch_step(record: RunRecord, epoch: int) -> int | None:
+    """The global step at the end of ``epoch`` (largest logged step of that epoch)."""
+    path = record.path / "eval" / "summary.json"
+    try:  # the evaluation records the global step of each validation epoch
+        for h in json.loads(path.read_text()).get("history") or [] if path.is_file() else []:
+            if h.get("epoch") == epoch and h.get("step") is not None:
+                return int(h["step"])
+    except (json.JSONDecodeError, TypeError, ValueError):
+        pass
+    df = record.metrics
+    if not len(df) or "epoch" not in df or "step" not in df:
+        return None
+    steps = df.loc[df["epoch"] == epoch, "step"].dropna()
+    return int(steps.max()) if len(steps) else None
+
+
+def sample_gallery(records: list[RunRecord], arms: list[str]) -> list[dict]:
+    """Per arm (its first run with samples): the tri-planar PNGs of the fixed-noise samples of the last sampled
+    epoch at the smallest and the largest step count, with caption fields."""
+    items = []
+    for arm in dict.fromkeys(arms):
+        members = sorted(
+            (r for r, a in zip(records, arms, strict=True) if a == arm), key=lambda r: (not r.ok, str(r.seed))
+        )
+        for r in members:
+            epochs = sorted((r.path / "samples").glob("epoch_*"))
+            epochs = [e for e in epochs if list(e.glob("nfe_*/*.png"))]
+            if not epochs:
+                continue
+            last = epochs[-1]
+            nfes = sorted(int(d.name.split("_")[1]) for d in last.glob("nfe_*") if list(d.glob("*.png")))
+            epoch = int(last.name.split("_")[1])
+            step = _epoch_step(r, epoch)
+            for nfe in dict.fromkeys([nfes[0], nfes[-1]]):
+                for png in sorted((last / f"nfe_{nfe}").glob("*.png")):
+                    items.append({"arm": arm, "seed": r.seed, "nfe": nfe, "epoch": epoch, "step": step, "png": png})
+            break
+    return items
+
+
+def real_previews(records: list[RunRecord], out: Path, n: int = 2) -> tuple[list[Path], str | None]:
+    """Tri-planar PNGs of ``n`` real validation volumes, decoded by the datamodule of the first run's config
+    (PNGs the run already saved under ``real/`` are used as they are). Returns (paths, why none)."""
+    for r in records:
+        existing = sorted((r.path / "real").glob("*.png"))
+        if existing:
+            return existing[:n], None
+    cfg = next((r.config for r in records if r.config.get("data")), None)
+    if cfg is None:
+        return [], "no run has a data config"
+    try:
+        from neuromf.instantiate import build
+
+        data = {k: v for k, v in cfg["data"].items() if k != "mask_ratio"}
+        scratch = Path(tempfile.mkdtemp(prefix="real-", dir=out))
+        dm = build(data, run_dir=str(scratch), expected_channels=cfg["model"]["in_channels"])
+        dm.prepare_data()
+        dm.setup("fit")
+        latents = dm.val_latents()[:n]
+        paths = [dm.save_sample(z, out / f"real_val_{i:02d}")[-1] for i, z in enumerate(latents)]
+        shutil.rmtree(scratch, ignore_errors=True)
+        for nii in out.glob("real_val_*.nii.gz"):
+            nii.unlink()
+        return [Path(p) for p in paths], None if paths else "no validation latents"
+    except Exception as exc:  # the data or its decoder is not available where the report runs
+        return [], f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------------------- cost
+def _wandb_summary(run_dir: Path) -> dict:
+    files = sorted(run_dir.glob("wandb/*run-*/files/wandb-summary.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        return json.loads(files[-1].read_text()) if files else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def wall_time_s(r: RunRecord) -> float | None:
+    """Seconds the run ran: W&B's ``_runtime``, else from its start (provenance / config file) to status.json."""
+    runtime = _wandb_summary(r.path).get("_runtime")
+    if isinstance(runtime, int | float) and runtime > 0:
+        return float(runtime)
+    start = _parse_time((r.status_data.get("provenance") or {}).get("started"))
+    cfg_file = r.path / ".hydra" / "config.yaml"
+    start = start or (cfg_file.stat().st_mtime if cfg_file.is_file() else None)
+    status = r.path / "status.json"
+    end = time.time() if r.status == "running" else (status.stat().st_mtime if status.is_file() else None)
+    return max(0.0, end - start) if start and end else None
+
+
+def parameter_count(run_dir: Path) -> int | None:
+    """Parameters of the network in the run's last checkpoint (``net.*`` tensors), None without one."""
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not ckpts:
+        return None
+    try:
+        import torch
+
+        state = torch.load(ckpts[-1], map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+    except Exception:
+        return None
+    n = sum(int(v.numel()) for k, v in state.items() if k.startswith("net.") and hasattr(v, "numel"))
+    return n or None
+
+
+def cost_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
+    """Per arm: runs, wall time (total and mean per run), device-hours (devices x nodes x time), GPU-hours
+    on GPU, mean training samples/s, parameters, peak GPU memory where logged."""
+    rows = []
+    for arm in dict.fromkeys(arms):
+        members = [r for r, a in zip(records, arms, strict=True) if a == arm]
+        walls, dev_h, gpu, sps, peaks, params = [], 0.0, False, [], [], None
+        for r in members:
+            w = wall_time_s(r)
+            tr = r.config.get("trainer", {}) if r.config else {}
+            devices = tr.get("devices", 1)
+            devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
+            nodes = tr.get("num_nodes", 1) if isinstance(tr.get("num_nodes", 1), int) else 1
+            gpu = gpu or tr.get("accelerator") in ("gpu", "cuda")
+            if w is not None:
+                walls.append(w)
+                dev_h += devices * nodes * w / 3600
+            s = r.series("train/samples_per_s")
+            if len(s):
+                sps.append(float(s.median()))
+            if "train/peak_mem_gb" in r.best:
+                peaks.append(float(r.metrics["train/peak_mem_gb"].max()))
+            params = params or parameter_count(r.path)
+        rows.append(
+            {
+                "arm": arm,
+                "runs": len(members),
+                "wall time total (h)": sum(walls) / 3600 if walls else math.nan,
+                "wall time per run (min)": np.mean(walls) / 60 if walls else math.nan,
+                "device-hours": dev_h if walls else math.nan,
+                "GPU-hours": dev_h if walls and gpu else math.nan,
+                "samples/s (median)": float(np.mean(sps)) if sps else math.nan,
+                "parameters": params if params else "",
+                "peak GPU memory (GiB)": max(peaks) if peaks else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------- provenance
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def sweep_command(sweep_dir: Path) -> str | None:
+    """The launching command, rebuilt from ``<sweep>/multirun.yaml`` (Hydra's overrides of the multirun)."""
+    path = sweep_dir / "multirun.yaml"
+    try:
+        ov = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("overrides") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not ov:
+        return None
+    return " ".join(["python -m neuromf.train -m", *ov.get("hydra", []), *ov.get("task", [])])
+
+
+def provenance_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
+    """Per run: arm, seed, status, path, W&B run id and local W&B dir, git commit (+dirty) and start time."""
+    rows = []
+    for r, arm in zip(records, arms, strict=True):
+        prov = r.status_data.get("provenance") or {}
+        wid_file = r.path / "wandb_id.txt"
+        wid = r.status_data.get("wandb_run_id") or (wid_file.read_text().strip() if wid_file.is_file() else "")
+        wdirs = sorted(r.path.glob(f"wandb/*run-*-{wid}")) if wid else []
+        commit = prov.get("git_commit")
+        rows.append(
+            {
+                "arm": arm,
+                "seed": r.seed,
+                "status": r.status,
+                "W&B run id": wid or "",
+                "W&B dir": str(wdirs[-1]) if wdirs else "",
+                "git commit": (commit[:12] + (" (dirty)" if prov.get("git_dirty") else "")) if commit else "",
+                "started": prov.get("started", ""),
+                "path": str(r.path),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------------- optuna
+def optuna_storage(sweep_dir: Path) -> tuple[str, str | None] | None:
+    """(storage URL, study name) of an Optuna sweep: the sweeper config in multirun.yaml, or <sweep>/optuna.db."""
+    try:
+        sweeper = ((yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("hydra") or {}).get("sweeper")
+    except (OSError, yaml.YAMLError, AttributeError):
+        sweeper = None
+    sweeper = sweeper or {}
+    storage, name = sweeper.get("storage"), sweeper.get("study_name")
+    if storage and "${" not in str(storage):
+        if str(storage).startswith("sqlite:///"):
+            if Path(str(storage)[len("sqlite:///") :]).is_file():
+                return str(storage), name
+        else:
+            return str(storage), name
+    db = sweep_dir / "optuna.db"
+    return (f"sqlite:///{db.resolve()}", name) if db.is_file() else None
+
+
+def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
+    """Trials (state, value, params), best trial, optimisation history and parameter importances of the
+    sweep's Optuna study (Optuna's own functions); None when the sweep has no study."""
+    found = optuna_storage(sweep_dir)
+    if found is None:
+        return None
+    import matplotlib.pyplot as plt
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage, name = found
+    name = name or optuna.get_all_study_names(storage)[0]
+    study = optuna.load_study(study_name=name, storage=storage)
+    rows = []
+    for t in study.trials:
+        row = {"trial": t.number, "state": t.state.name, "value": t.value if t.value is not None else math.nan}
+        row |= {f"param {k}": v for k, v in t.params.items()}
+        row["duration (s)"] = t.duration.total_seconds() if t.duration else math.nan
+        rows.append(row)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    res = {"study": name, "storage": storage, "direction": study.direction.name, "trials": pd.DataFrame(rows)}
+    res["states"] = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    res["best"] = (
+        {"trial": study.best_trial.number, "value": study.best_value, "params": study.best_params} if complete else None
+    )
+    res["images"], res["notes"] = {}, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is marked experimental
+        from optuna.visualization import matplotlib as ovm
+
+        if complete:
+            ax = ovm.plot_optimization_history(study)
+            ax.figure.set_size_inches(7, 4)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out / "optuna_history.png", dpi=110)
+            plt.close(ax.figure)
+            res["images"]["Optuna optimisation history"] = out / "optuna_history.png"
+        try:
+            res["importances"] = optuna.importance.get_param_importances(study)
+            ax = ovm.plot_param_importances(study)
+            ax.figure.set_size_inches(7, 3)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out / "optuna_importances.png", dpi=110)
+            plt.close(ax.figure)
+            res["images"]["Optuna parameter importances"] = out / "optuna_importances.png"
+        except (ValueError, RuntimeError) as exc:
+            res["importances"] = {}
+            res["notes"].append(f"parameter importances unavailable: {exc}")
+    return res
 
 
 # -------------------------------------------------------------------------------------------- plots
@@ -135,37 +545,40 @@ def _curve_stats(records: list[RunRecord], key: str) -> pd.DataFrame:
     ).sort_index()
 
 
-def plot_curves(records, arms, key, path: Path) -> bool:
-    """Mean curve per arm with a ±1 std band over used runs; excluded runs drawn dashed. False if no data."""
+def plot_curves(records, arms, key, path: Path, refs: dict | None = None) -> bool:
+    """Mean curve per arm (±1 std band when n > 1) over used runs; excluded / running runs dashed grey;
+    the reference levels of the metric as horizontal lines. False if no data."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    drawn = False
+    drawn, max_n = False, 0
     for arm in dict.fromkeys(arms):
         members = [r for r, a in zip(records, arms, strict=True) if a == arm]
         cs = _curve_stats([r for r in members if r.ok], key)
         if len(cs):
-            (line,) = ax.plot(cs.index, cs["mean"], label=f"{arm} (n={int(cs['n'].max())})")
-            ax.fill_between(cs.index, cs["mean"] - cs["std"], cs["mean"] + cs["std"], color=line.get_color(), alpha=0.2)
+            n = int(cs["n"].max())
+            max_n = max(max_n, n)
+            (line,) = ax.plot(cs.index, cs["mean"], label=f"{arm} (n={n})")
+            if n > 1:
+                ax.fill_between(
+                    cs.index, cs["mean"] - cs["std"], cs["mean"] + cs["std"], color=line.get_color(), alpha=0.2
+                )
             drawn = True
         for r in members:
             s = r.series(key)
             if not r.ok and len(s):
-                ax.plot(
-                    s.index,
-                    s.values,
-                    ls="--",
-                    lw=0.8,
-                    color="grey",
-                    label=f"{arm} seed {r.seed} ({r.status})",
-                )
+                ax.plot(s.index, s.values, ls="--", lw=0.8, color="grey", label=f"{arm} seed {r.seed} ({r.status})")
                 drawn = True
     if drawn:
-        ax.set_xlabel("step")
+        for level, style in (("real", "g:"), ("noise", "r:")):
+            v = (refs or {}).get(level)
+            if v is not None:
+                ax.axhline(v, color=style[0], ls=":", lw=1, label=f"{level} reference ({v:.3g})")
+        ax.set_xlabel("training step")
         ax.set_ylabel(key)
         ax.set_yscale("log" if _all_positive(ax) else "linear")
         ax.legend(fontsize=7)
-        ax.set_title(f"{key} (mean ± std over seeds)")
+        ax.set_title(f"{key} (mean ± std over seeds)" if max_n > 1 else f"{key} (one run per arm: n = 1)")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -173,32 +586,36 @@ def plot_curves(records, arms, key, path: Path) -> bool:
 
 
 def _all_positive(ax) -> bool:
-    ys = [y for line in ax.get_lines() for y in np.asarray(line.get_ydata(), dtype=float)]
+    ys = [y for line in ax.get_lines() for y in np.asarray(line.get_ydata(), dtype=float) if np.isfinite(y)]
     return bool(ys) and min(ys) > 0 and max(ys) / min(ys) > 20
 
 
-def plot_objective_bars(arms_df: pd.DataFrame, runs: pd.DataFrame, key: str, path: Path) -> bool:
-    """Bar per arm (mean objective, ±std error bar) with the individual seeds as dots."""
+def plot_objective_bars(arms_df: pd.DataFrame, runs: pd.DataFrame, key: str, path: Path, refs=None) -> bool:
+    """Bar per arm (mean objective, bootstrap 95% CI when n > 1) with the seeds as dots and the reference
+    levels (real floor, noise ceiling) as vertical lines."""
     import matplotlib.pyplot as plt
 
     if not arms_df["objective mean"].notna().any():
         return False
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(arms_df)))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(arms_df)))
     y = np.arange(len(arms_df))
-    ax.barh(
-        y,
-        arms_df["objective mean"],
-        xerr=arms_df["objective std"].fillna(0),
-        color="tab:blue",
-        alpha=0.6,
-        capsize=3,
-    )
+    mean = arms_df["objective mean"].to_numpy(float)
+    lo, hi = arms_df["objective ci low"].to_numpy(float), arms_df["objective ci high"].to_numpy(float)
+    err = np.nan_to_num(np.vstack([mean - lo, hi - mean]), nan=0.0)
+    ax.barh(y, mean, xerr=err, color="tab:blue", alpha=0.6, capsize=3)
     for i, arm in enumerate(arms_df["arm"]):
         vals = runs[(runs["arm"] == arm) & runs["used"]]["objective"].astype(float)
         ax.plot(vals, np.full(len(vals), i), "k.", ms=5)
+    for level, color in (("real", "g"), ("noise", "r")):
+        v = (refs or {}).get(level)
+        if v is not None:
+            ax.axvline(v, color=color, ls=":", label=f"{level} reference ({v:.3g})")
+    if refs:
+        ax.legend(fontsize=7)
     ax.set_yticks(y, arms_df["arm"], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{key} (mean ± std; dots = seeds)")
+    many = int(arms_df["n"].max()) > 1
+    ax.set_xlabel(f"{key} (mean, bootstrap 95% CI; dots = seeds)" if many else f"{key} (n = 1 per arm: no CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -212,75 +629,140 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame, index: bool = False) -> str:
     """GitHub markdown table (hand-written: pandas.to_markdown needs the optional tabulate package)."""
-    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    if index:
+        df = df.reset_index()
+    head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns) + "\n"
     body = "".join(
         "| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |\n" for row in df.itertuples(index=False)
     )
     return head + body
 
 
+def _cell(mean: float, std: float, lo: float = math.nan, hi: float = math.nan, n: int = 2) -> str:
+    if math.isnan(mean):
+        return ""
+    if n < 2:
+        return f"{_fmt(mean)} ({NO_STATS})"
+    text = f"{_fmt(mean)} ± {_fmt(std)}"
+    return text + ("" if math.isnan(lo) else f" [{_fmt(lo)}, {_fmt(hi)}]")
+
+
 def arm_summary(arms_df: pd.DataFrame) -> pd.DataFrame:
-    """Compact 'mean ± std' view of the arm table for the report."""
+    """Compact view: rank, arm, state, n, seeds, objective mean ± std [bootstrap CI], comparison with the best."""
     out = pd.DataFrame(
         {
             "rank": arms_df["rank"].map(lambda r: "" if math.isnan(r) else int(r)),
             "arm": arms_df["arm"],
+            "state": [
+                f"running ({k} of {m})" if k else ("no usable run" if n == 0 else "done")
+                for k, m, n in zip(arms_df["running"], arms_df["n_runs"], arms_df["n"], strict=True)
+            ],
             "n": arms_df["n"],
+            "seeds": arms_df["seeds"],
         }
     )
-    for col in [c[: -len(" mean")] for c in arms_df.columns if c.endswith(" mean")]:
-        out[col] = [
-            (f"{_fmt(m)} ± {_fmt(s)}" if not math.isnan(s) else _fmt(m))
-            for m, s in zip(arms_df[f"{col} mean"], arms_df[f"{col} std"], strict=True)
-        ]
-    out["Δ vs best [95% CI]"] = [
-        "" if math.isnan(d) else f"{d:+.4g}" + ("" if math.isnan(lo) else f" [{lo:+.4g}, {hi:+.4g}]")
-        for d, lo, hi in zip(arms_df["diff vs best"], arms_df["ci low"], arms_df["ci high"], strict=True)
+    out["objective"] = [
+        _cell(m, s, lo, hi, n)
+        for m, s, lo, hi, n in zip(
+            arms_df["objective mean"],
+            arms_df["objective std"],
+            arms_df["objective ci low"],
+            arms_df["objective ci high"],
+            arms_df["n"],
+            strict=True,
+        )
     ]
-    out["p (Welch)"] = arms_df["p vs best"]
+    delta = []
+    for i, row in arms_df.iterrows():
+        if i == 0 or math.isnan(row["diff vs best"]):
+            delta.append("best" if i == 0 and not math.isnan(row["objective mean"]) else "")
+        elif row["test"] == NO_STATS:
+            delta.append(f"{row['diff vs best']:+.4g} ({NO_STATS})")
+        elif math.isnan(row["p vs best"]):
+            delta.append(f"{row['diff vs best']:+.4g} ({row['test']})")
+        else:
+            delta.append(
+                f"{row['diff vs best']:+.4g} [{row['ci low']:+.4g}, {row['ci high']:+.4g}], {row['test']}, "
+                f"p = {row['p vs best']:.3g}, Holm p = {row['p holm']:.3g}"
+            )
+    out["Δ vs best [95% CI], test, p"] = delta
     out["excluded"] = arms_df["excluded"]
     return out
 
 
-def render(sweeps, key, mode, arms_df, runs, images: dict[str, Path]) -> tuple[str, str]:
-    """Markdown and self-contained HTML (PNG images inlined as base64) of the report."""
-    title = f"NeuroMF sweep report: {', '.join(str(s) for s in sweeps)}"
-    intro = (
-        f"Objective: `{key}` ({'lower' if mode == 'min' else 'higher'} is better). Statistics over "
-        "completed runs with a finite objective; std is the sample std (ddof=1). "
-        "Welch t-test and 95% CI of the difference vs the best arm when both arms have n >= 2."
-    )
-    runs_view = runs.drop(columns=["path"]).assign(used=runs["used"].map({True: "yes", False: "**excluded**"}))
-    summ = arm_summary(arms_df)
-    md = [
-        f"# {title}\n",
-        intro + "\n",
-        "## Arms (ranked)\n",
-        md_table(summ),
-        "\n## Runs\n",
-        md_table(runs_view),
-    ]
-    md += [f"\n## {name}\n\n![{name}]({p.name})\n" for name, p in images.items()]
+def metric_summary(arms_df: pd.DataFrame, refs: dict, prefix: tuple[str, ...]) -> pd.DataFrame:
+    """Rows = metric columns starting with ``prefix`` ("best val/kid/nfe1", ...), columns = arms
+    (mean ± std, or the single value with n = 1), plus the reference levels of each metric."""
+    cols = [c[: -len(" mean")] for c in arms_df.columns if c.endswith(" mean") and c.startswith(prefix)]
+    rows = {}
+    for col in cols:
+        key = col.split(" ", 1)[1]
+        row = {
+            a: ("—" if math.isnan(m) else _fmt(m) if n < 2 else f"{_fmt(m)} ± {_fmt(s)}")
+            for a, m, s, n in zip(
+                arms_df["arm"], arms_df[f"{col} mean"], arms_df[f"{col} std"], arms_df["n"], strict=True
+            )
+        }
+        base = metric_base(key)
+        if refs:
+            row["real floor"] = _fmt(refs.get(base, {}).get("real", math.nan))
+            row["noise ceiling"] = _fmt(refs.get(base, {}).get("noise", math.nan))
+        d = metric_direction(key)
+        rows[f"{col} ({'↓' if d == 'min' else '↑' if d == 'max' else '·'})"] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "metric"
+    return df
+
+
+def _html_table(df: pd.DataFrame, index: bool = False) -> str:
+    return df.to_html(index=index, na_rep="", float_format=_fmt, escape=True)
+
+
+def _img(path: Path, alt: str) -> str:
+    b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def render(title: str, blocks: list[tuple]) -> tuple[str, str]:
+    """Markdown and self-contained HTML (PNG images inlined as base64) of a list of blocks:
+    ("h2", text), ("p", text), ("table", df, index), ("img", caption, path), ("gallery", [(caption, path)]),
+    ("details", summary, df)."""
     css = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px}.excl{background:#fdd}"
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px;"
+        "margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 6px}.excl{background:#fdd}"
+        ".gallery{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;border:1px solid #ddd;padding:4px}"
+        "figure img{max-width:420px}figcaption{font-size:12px}.note{background:#ffe;padding:4px}"
     )
-    runs_html = runs.drop(columns=["path"]).to_html(index=False, na_rep="", float_format=_fmt, escape=True)
-    for status in ("failed", "diverged", "running", "unknown"):
-        runs_html = runs_html.replace(f"<td>{status}</td>", f'<td class="excl">{status}</td>')
-    body = [
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(intro)}</p>",
-        "<h2>Arms (ranked)</h2>",
-        summ.to_html(index=False, na_rep="", float_format=_fmt, escape=True),
-        "<h2>Runs</h2>",
-        runs_html,
-    ]
-    for name, p in images.items():
-        b64 = base64.b64encode(p.read_bytes()).decode("ascii")
-        body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">')
+    md, body = [f"# {title}\n"], [f"<h1>{html.escape(title)}</h1>"]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h2":
+            md.append(f"\n## {block[1]}\n")
+            body.append(f"<h2>{html.escape(block[1])}</h2>")
+        elif kind == "p":
+            md.append(block[1] + "\n")
+            body.append(f'<p class="{"note" if block[1].startswith("⚠") else ""}">{html.escape(block[1])}</p>')
+        elif kind == "table":
+            df, index = block[1], block[2]
+            md.append(md_table(df, index=index))
+            t = _html_table(df, index=index)
+            for status in ("failed", "diverged", "running", "unknown"):
+                t = t.replace(f"<td>{status}</td>", f'<td class="excl">{status}</td>')
+            body.append(t)
+        elif kind == "img":
+            md.append(f"![{block[1]}]({Path(block[2]).name})\n")
+            body.append(f"<figure>{_img(block[2], block[1])}<figcaption>{html.escape(block[1])}</figcaption></figure>")
+        elif kind == "gallery":
+            md.append("".join(f"![{c}]({p.name})\n*{c}*\n\n" for c, p in block[1]))
+            figs = "".join(
+                f"<figure>{_img(p, c)}<figcaption>{html.escape(c)}</figcaption></figure>" for c, p in block[1]
+            )
+            body.append(f'<div class="gallery">{figs}</div>')
+        elif kind == "details":
+            md.append(f"<details><summary>{block[1]}</summary>\n\n{md_table(block[2], index=True)}\n</details>\n")
+            body.append(f"<details><summary>{html.escape(block[1])}</summary>{_html_table(block[2], True)}</details>")
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{css}</style></head><body>{''.join(body)}</body></html>"
@@ -302,12 +784,30 @@ def replace_dir(tmp: Path, out: Path) -> Path | None:
     return prev
 
 
-def build_report(sweep_dirs, out: str | Path | None = None, metric: str = DEFAULT_OBJECTIVE, mode: str = "min") -> dict:
-    """Load the sweeps, compute the tables, write the report dir atomically; returns paths and tables."""
+def _sweep_objective(sweep_dirs: list[Path]) -> tuple[str | None, str | None]:
+    """The objective key and mode of the sweep's composed config (first run with one)."""
+    from neuromf.tracking.metrics import find_run_dirs, read_config
+
+    for sd in sweep_dirs:
+        for run in find_run_dirs(sd) if sd.is_dir() else []:
+            cfg = read_config(run)
+            if cfg.get("objective"):
+                return cfg["objective"], cfg.get("objective_mode")
+    return None, None
+
+
+def build_report(
+    sweep_dirs, out: str | Path | None = None, metric: str | None = None, mode: str | None = None, real: bool = True
+) -> dict:
+    """Load the sweeps, compute the tables, write the report dir atomically; returns paths and tables.
+    ``metric`` / ``mode`` default to the sweep's ``objective`` / ``objective_mode``."""
     import matplotlib
 
     matplotlib.use("Agg")
     sweep_dirs = [Path(s) for s in sweep_dirs]
+    cfg_metric, cfg_mode = _sweep_objective(sweep_dirs)
+    metric = metric or cfg_metric or DEFAULT_OBJECTIVE
+    mode = mode or (cfg_mode if metric == cfg_metric else None) or metric_direction(metric) or "min"
     labels = sweep_labels(sweep_dirs)
     records, sweeps = [], []
     for sd, label in zip(sweep_dirs, labels, strict=True):
@@ -317,50 +817,203 @@ def build_report(sweep_dirs, out: str | Path | None = None, metric: str = DEFAUL
     arms = assign_arms(records, sweeps)
     runs = run_table(records, arms)
     arms_df = arm_table(runs, mode)
+    refs = reference_levels(records)
+    obj_refs = refs.get(metric_base(metric) or "", {})
+    diff, fixed, within = config_diff([r.config for r in records], arms)
 
     out = Path(out) if out else sweep_dirs[0] / "report"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        images = {}
-        for key, fname in CURVES:
-            if plot_curves(records, arms, key, tmp / fname):
-                images[f"{key} vs step"] = tmp / fname
-        if plot_objective_bars(arms_df, runs, metric, tmp / "objective_by_arm.png"):
-            images[f"{metric} per arm"] = tmp / "objective_by_arm.png"
-        md, page = render(sweep_dirs, metric, mode, arms_df, runs, images)
+        blocks = _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_refs, diff, fixed, within)
+        blocks += _figures(records, arms, runs, arms_df, metric, refs, obj_refs, tmp)
+        blocks += _samples(records, arms, tmp, real)
+        cost = cost_table(records, arms)
+        blocks += [("h2", "Cost per arm"), ("table", cost, False)]
+        blocks += _provenance(sweep_dirs, records, arms)
+        opt = [o for o in (optuna_section(sd, tmp) for sd in sweep_dirs) if o]
+        for o in opt:
+            blocks += _optuna_blocks(o)
+        title = f"NeuroMF sweep report: {', '.join(str(s) for s in sweep_dirs)}"
+        md, page = render(title, blocks)
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(page)
         arms_df.to_csv(tmp / "arms.csv", index=False)
         runs.to_csv(tmp / "runs.csv", index=False)
+        diff.to_csv(tmp / "config_diff.csv")
+        cost.to_csv(tmp / "cost.csv", index=False)
         summary = {
             "sweeps": [str(s) for s in sweep_dirs],
             "objective_key": metric,
             "mode": mode,
+            "reference": refs,
+            "config_diff": json.loads(diff.to_json(orient="index")),
             "arms": json.loads(arms_df.to_json(orient="records")),
+            "optuna": [{k: o[k] for k in ("study", "storage", "states", "best")} for o in opt],
         }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         prev = replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": out, "previous": prev, "arms": arms_df, "runs": runs}
+    return {"out": out, "previous": prev, "arms": arms_df, "runs": runs, "config_diff": diff, "fixed": fixed}
+
+
+def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_refs, diff, fixed, within) -> list:
+    n_max = int(arms_df["n"].max()) if len(arms_df) else 0
+    intro = (
+        f"Objective: `{metric}` ({'lower' if mode == 'min' else 'higher'} is better), best value over validation "
+        "epochs of each run. Statistics over completed runs with a finite objective: mean ± sample std (ddof=1) "
+        f"[percentile bootstrap 95% CI of the mean, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}]. "
+        "Each arm is compared with the best: seed-paired t-test when they share >= 2 seeds, else Welch's t-test "
+        "when both have n >= 2; p-values Holm-adjusted across the arms."
+    )
+    if obj_refs:
+        intro += " Reference levels of the objective's metric: " + ", ".join(
+            f"{k} {'floor' if k == 'real' else 'ceiling'} {v:.4g}" for k, v in obj_refs.items()
+        )
+    blocks = [("p", intro)]
+    if n_max <= 1:
+        blocks.append(("p", f"⚠ {NO_STATS}: every arm has at most one completed run; add seeds for CIs and tests."))
+    running = int((runs["status"] == "running").sum())
+    if running:
+        blocks.append(
+            ("p", f"⚠ partial sweep: {running} run(s) still running (marked); they are not in the statistics.")
+        )
+    blocks += [("h2", "Arms (ranked)"), ("table", arm_summary(arms_df), False)]
+    blocks.append(("h2", "Configuration differences between arms"))
+    labelled = {k for r in records for k in r.arm}
+    if len(diff):
+        blocks.append(("table", diff, True))
+        shown = sorted(k for k in labelled if len({r.arm.get(k) for r in records}) > 1)
+        keys = [k for k in diff.index if k not in REPLICATE_KEYS]
+        if len(keys) > max(1, len(shown)):
+            blocks.append(
+                (
+                    "p",
+                    f"⚠ the arm label varies {', '.join(shown) or 'nothing'} but {len(keys)} resolved keys differ "
+                    f"between the arms: {', '.join(keys)}. Each may explain a difference (a confound).",
+                )
+            )
+        else:
+            blocks.append(("p", f"The arm label {', '.join(shown)} resolves to: {', '.join(keys)}."))
+    else:
+        blocks.append(("p", "The arms' resolved configurations are identical (apart from the replicate keys)."))
+    if within:
+        blocks.append(("p", f"Keys that vary within arms (replicates): {', '.join(within)}."))
+    fixed_df = pd.DataFrame({"value": [json.dumps(v, default=str) for v in fixed.values()]}, index=list(fixed))
+    fixed_df.index.name = "key"
+    blocks.append(("details", f"Fixed settings of the sweep ({len(fixed)} keys, equal in every run)", fixed_df))
+    blocks.append(("h2", "Loss terms (per term, like for like)"))
+    blocks.append(
+        (
+            "p",
+            "train/loss_raw and val/loss_raw are not compared: with a v-head they are loss_u + loss_v, without one "
+            "loss_u alone. loss_u is compared for every arm, loss_v where the arm has a v-head (— otherwise).",
+        )
+    )
+    loss = metric_summary(arms_df, refs, ("final train/loss", "best val/loss"))
+    if len(loss):
+        blocks.append(("table", loss, True))
+    else:
+        blocks.append(("p", "No run logged per-term losses (train/loss_u): older runs; no loss comparison."))
+    evals = metric_summary(arms_df, refs, ("best val/", "final val/"))
+    evals = evals[[not i.split(" ", 1)[1].startswith("val/loss") for i in evals.index]] if len(evals) else evals
+    blocks.append(("h2", "Evaluation metrics (best per run; ↓ lower / ↑ higher is better) and reference levels"))
+    blocks.append(("table", evals, True) if len(evals) else ("p", "No evaluation metrics logged."))
+    runs_view = runs.drop(columns=["path"]).assign(used=runs["used"].map({True: "yes", False: "excluded"}))
+    blocks += [("h2", "Runs"), ("table", runs_view, False)]
+    return blocks
+
+
+def _figures(records, arms, runs, arms_df, metric, refs, obj_refs, tmp: Path) -> list:
+    blocks = [("h2", "Plots")]
+    if plot_objective_bars(arms_df, runs, metric, tmp / "objective_by_arm.png", obj_refs):
+        blocks.append(("img", f"{metric} per arm", tmp / "objective_by_arm.png"))
+    keys = [metric, *(k for _, k in LOSS_TERMS)]
+    for key in dict.fromkeys(keys):
+        fname = "curve_" + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_") + ".png"
+        if plot_curves(records, arms, key, tmp / fname, refs.get(metric_base(key) or "", {})):
+            blocks.append(("img", f"{key} vs training step", tmp / fname))
+    return blocks
+
+
+def _samples(records, arms, tmp: Path, real: bool) -> list:
+    blocks = [("h2", "Samples (fixed noise) and real validation volumes")]
+    items = sample_gallery(records, arms)
+    if not items:
+        return blocks + [("p", "No sample PNGs under <run>/samples/ (callbacks.samples disabled or not reached).")]
+    gallery = []
+    for i, it in enumerate(items):
+        dst = tmp / f"sample_{i:02d}.png"
+        shutil.copyfile(it["png"], dst)
+        step = f"training step {it['step']}" if it["step"] is not None else f"epoch {it['epoch']}"
+        steps = f"{it['nfe']} step{'s' if it['nfe'] > 1 else ''}"
+        gallery.append((f"{it['arm']} | {steps} | {step} | seed {it['seed']} | {it['png'].stem}", dst))
+    blocks.append(("gallery", gallery))
+    reals, why = real_previews(records, tmp) if real else ([], "disabled (--no-real)")
+    if reals:
+        copies = []
+        for i, p in enumerate(reals):
+            dst = tmp / f"real_val_{i:02d}.png"
+            if Path(p).resolve() != dst.resolve():
+                shutil.copyfile(p, dst)
+            copies.append((f"real validation volume {i}", dst))
+        blocks.append(("gallery", copies))
+    else:
+        blocks.append(("p", f"Real validation volumes not shown: {why}."))
+    return blocks
+
+
+def _provenance(sweep_dirs, records, arms) -> list:
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    cmd = " ".join(["python -m neuromf.report", *sys.argv[1:]])
+    lines = [
+        f"Report written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{cmd}` at git commit {commit or 'unknown'}"
+        f"{' (dirty tree)' if dirty else ''}."
+    ]
+    for sd in sweep_dirs:
+        cmd = sweep_command(sd)
+        lines.append(f"Sweep {sd}: {'command: ' + cmd if cmd else 'command unknown (no multirun.yaml)'}.")
+    commits = {(r.status_data.get("provenance") or {}).get("git_commit") for r in records} - {None}
+    if len(commits) > 1:
+        lines.append(f"⚠ the runs were trained at {len(commits)} different git commits.")
+    return [("h2", "Provenance"), *(("p", t) for t in lines), ("table", provenance_table(records, arms), False)]
+
+
+def _optuna_blocks(o: dict) -> list:
+    best = o["best"]
+    text = (
+        f"Study `{o['study']}` ({o['storage']}), direction {o['direction']}; trials by state: "
+        + ", ".join(f"{k} {v}" for k, v in o["states"].items())
+        + (f". Best trial {best['trial']}: value {best['value']:.4g}, params {best['params']}." if best else ".")
+    )
+    blocks = [("h2", f"Optuna study {o['study']}"), ("p", text), ("table", o["trials"], False)]
+    if o.get("importances"):
+        imp = pd.DataFrame({"importance": list(o["importances"].values())}, index=list(o["importances"]))
+        imp.index.name = "parameter"
+        blocks.append(("table", imp, True))
+    blocks += [("p", n) for n in o["notes"]]
+    blocks += [("img", name, p) for name, p in o["images"].items()]
+    return blocks
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m neuromf.report", description=__doc__.splitlines()[0])
     p.add_argument("sweep_dirs", nargs="+", type=Path, help="Hydra multirun dir(s) (<sweep_dir>/<job>/.hydra)")
-    p.add_argument("--metric", default=DEFAULT_OBJECTIVE, help="objective metric (default: %(default)s)")
-    p.add_argument("--mode", choices=["min", "max"], default="min", help="min: lower is better (default)")
+    p.add_argument("--metric", default=None, help="objective metric (default: the sweep's `objective`)")
+    p.add_argument("--mode", choices=["min", "max"], default=None, help="default: the sweep's `objective_mode`")
     p.add_argument("--out", type=Path, default=None, help="report dir (default: <first sweep_dir>/report)")
+    p.add_argument("--no-real", action="store_true", help="do not decode real validation volumes for the gallery")
     args = p.parse_args(argv)
     try:
-        res = build_report(args.sweep_dirs, args.out, args.metric, args.mode)
+        res = build_report(args.sweep_dirs, args.out, args.metric, args.mode, real=not args.no_real)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     arms_df = res["arms"]
-    print(md_table(arm_summary(arms_df)[["rank", "arm", "n", "objective", "excluded"]]))
+    print(md_table(arm_summary(arms_df)[["rank", "arm", "state", "n", "objective"]]))
     if res["previous"]:
         print(f"previous report kept at {res['previous']}")
     print(f"wrote {res['out'] / 'report.md'} and {res['out'] / 'report.html'}")

@@ -41,8 +41,8 @@ from neuromf.training.checkpoint_io import (
     validate_checkpoint,
 )
 from neuromf.training.ema import EMA
-from neuromf.training.progress import ProgressFile
 from neuromf.training.module import MeanFlowModule
+from neuromf.training.progress import ProgressFile
 
 log = logging.getLogger("neuromf.train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

@@ -57,6 +57,10 @@ class GaussianFlow(nn.Module):
         z_r = self._b(m_r, z) + self._b(sig_r / sig_t, z) * (z - self._b(m_t, z))
         return (z - z_r) / self._b(h, z)
 
+    def u_and_v(self, z: Tensor, r: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(u, v) of one "pass": the marginal v does not depend on r (the iMF v-head's optimum)."""
+        return self.forward(z, r, t), self.v(z, t)
+
     def v(self, z: Tensor, t: Tensor) -> Tensor:
         m_t, sig_t = self._stats(t)
         dsig = ((1 - t) * (-(self.s**2)) + t) / sig_t

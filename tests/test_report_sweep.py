@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from neuromf.report import build_report, main
+from neuromf.report import bootstrap_ci, build_report, config_diff, holm, main
 from neuromf.tracking.metrics import load_run, load_sweep
 
 # arm -> seed -> best val/swd; final train/loss_raw is 10 * best (see make_run)
@@ -23,7 +23,7 @@ def make_run(run_dir, pred, seed, best_swd, status="completed", with_metrics=Tru
     (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (run_dir / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
     if with_metrics:
-        lines = ["step,epoch,train/loss_raw,val/swd"]
+        lines = ["step,epoch,train/loss_u,val/swd"]
         swd = [best_swd + 0.3, best_swd + 0.1, best_swd, best_swd + 0.05]  # min at step 4, last != min
         for step in range(7):
             loss = "nan" if status == "diverged" and step >= 5 else f"{10 * best_swd + (6 - step) * 0.5}"
@@ -64,7 +64,7 @@ def test_load_run_reads_sparse_csv(sweep):
     assert r.seed == 0 and r.status == "completed" and r.ok
     assert r.best["val/swd"] == pytest.approx(0.10)
     assert r.final["val/swd"] == pytest.approx(0.15)  # last logged val row, not the last csv row
-    assert r.final["train/loss_raw"] == pytest.approx(1.0)
+    assert r.final["train/loss_u"] == pytest.approx(1.0)
     assert list(r.series("val/swd").index) == [0, 2, 4, 6]
 
 
@@ -79,9 +79,9 @@ def test_load_sweep_marks_crashed_and_diverged(sweep):
 
 def test_objective_recomputed_from_metrics(sweep):
     # an objective key other than status.json's: best (min) of that column in metrics.csv
-    r = load_run(sweep / "1", objective_key="train/loss_raw")
+    r = load_run(sweep / "1", objective_key="train/loss_u")
     assert r.objective == pytest.approx(10 * 0.12)
-    assert load_run(sweep / "1", "train/loss_raw", mode="max").objective == pytest.approx(1.2 + 6 * 0.5)
+    assert load_run(sweep / "1", "train/loss_u", mode="max").objective == pytest.approx(1.2 + 6 * 0.5)
 
 
 def test_bad_overrides_file_named(sweep):
@@ -101,26 +101,29 @@ def test_report_stats_ranking_and_files(sweep, tmp_path):
     assert arms.loc[u, "objective std"] == pytest.approx(0.02)
     assert arms.loc[x, "objective mean"] == pytest.approx(0.25)
     assert arms.loc[x, "objective std"] == pytest.approx(0.05)
-    assert arms.loc[u, "final train/loss_raw mean"] == pytest.approx(1.2)
-    assert arms.loc[x, "final train/loss_raw std"] == pytest.approx(0.5)
+    assert arms.loc[u, "final train/loss_u mean"] == pytest.approx(1.2)
+    assert arms.loc[x, "final train/loss_u std"] == pytest.approx(0.5)
     # failed / diverged runs excluded from n and marked
     assert arms.loc[u, "n"] == 3 and arms.loc[u, "n_runs"] == 4 and "seed 3: failed" in arms.loc[u, "excluded"]
     assert arms.loc[x, "n"] == 3 and "seed 3: diverged" in arms.loc[x, "excluded"]
-    # Welch t-test vs best arm, from the textbook formula
-    va, vb = 0.02**2 / 3, 0.05**2 / 3
-    t = 0.13 / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    # the arms share seeds 0, 1, 2: seed-paired t-test on x - u = 0.10, 0.13, 0.16 (mean 0.13, sd 0.03, df 2)
+    t = 0.13 / (0.03 / math.sqrt(3))
     assert arms.loc[x, "diff vs best"] == pytest.approx(0.13)
-    assert arms.loc[x, "p vs best"] == pytest.approx(2 * stats.t.sf(t, df), rel=1e-6)
-    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert arms.loc[x, "test"] == "paired t (3 seeds)"
+    assert arms.loc[x, "p vs best"] == pytest.approx(2 * stats.t.sf(t, 2), rel=1e-6)
+    half = stats.t.ppf(0.975, 2) * 0.03 / math.sqrt(3)
     assert arms.loc[x, "ci low"] == pytest.approx(0.13 - half, rel=1e-6)
+    assert arms.loc[x, "p holm"] == pytest.approx(arms.loc[x, "p vs best"])  # one comparison
     assert np.isnan(arms.loc[u, "p vs best"])
+    lo, hi = arms.loc[u, "objective ci low"], arms.loc[u, "objective ci high"]
+    assert 0.10 <= lo < 0.12 < hi <= 0.14
 
     out = sweep / "report"
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     for text in (md, page):
         assert u in text and x in text and "diverged" in text and "failed" in text
-    assert "0.12 ± 0.02" in md and "0.25 ± 0.05" in md
+    assert "0.12 ± 0.02" in md and "0.25 ± 0.05" in md and "final train/loss_raw" not in res["runs"].columns
+    assert "seed" in res["config_diff"].index  # from the composed config: varies within arms only
     assert page.count("data:image/png;base64,") == 3 and 'src="curve' not in page
     assert (out / "curve_val_swd.png").is_file() and (out / "objective_by_arm.png").is_file()
 
@@ -128,10 +131,10 @@ def test_report_stats_ranking_and_files(sweep, tmp_path):
 def test_report_never_overwrites(sweep, capsys):
     assert main([str(sweep)]) == 0
     first = (sweep / "report" / "report.md").read_text()
-    assert main([str(sweep), "--metric", "train/loss_raw"]) == 0
+    assert main([str(sweep), "--metric", "train/loss_u"]) == 0
     prev = [p for p in sweep.iterdir() if p.name.startswith("report.prev-")]
     assert len(prev) == 1 and (prev[0] / "report.md").read_text() == first
-    assert "`train/loss_raw`" in (sweep / "report" / "report.md").read_text()
+    assert "`train/loss_u`" in (sweep / "report" / "report.md").read_text()
     assert "wrote" in capsys.readouterr().out
     assert not [p for p in sweep.iterdir() if ".tmp-" in p.name]
 
@@ -158,3 +161,44 @@ def test_bad_sweep_dir_errors(tmp_path, capsys):
     assert main([str(empty)]) == 2
     assert "no runs in sweep dir" in capsys.readouterr().err
     assert not (empty / "report").exists()
+
+
+def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(5.0, 1.0, 5), rng.normal(5.0, 1.0, 200)
+    lo5, hi5 = bootstrap_ci(small)
+    lo200, hi200 = bootstrap_ci(large)
+    assert lo5 < small.mean() < hi5 and lo200 < large.mean() < hi200
+    assert hi200 - lo200 < hi5 - lo5
+    assert bootstrap_ci(small) == (lo5, hi5)  # seeded
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
+
+
+def test_holm_textbook_values():
+    # p = 0.01, 0.04, 0.03, 0.005 (m = 4): sorted 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([0.5, np.nan, 0.6])
+    assert np.isnan(out[1]) and list(out[[0, 2]]) == pytest.approx([1.0, 1.0])
+
+
+def test_config_diff_finds_exactly_the_changed_keys():
+    cfgs = [
+        {"model": {"use_v_head": True, "w": 8}, "loss": {"p": 0.5}, "seed": 0},
+        {"model": {"use_v_head": True, "w": 8}, "loss": {"p": 0.5}, "seed": 1},
+        {"model": {"use_v_head": False, "w": 8}, "loss": {"p": 0.75}, "seed": 0},
+    ]
+    table, fixed, within = config_diff(cfgs, ["on", "on", "off"])
+    assert list(table.index) == ["loss.p", "model.use_v_head", "seed"]
+    assert table.loc["model.use_v_head"].tolist() == ["true", "false"]
+    assert fixed == {"model.w": 8} and within == ["seed"]
+
+
+def test_n1_arms_say_no_statistics(tmp_path):
+    sd = tmp_path / "s"
+    make_run(sd / "0", "u", 0, 0.1)
+    make_run(sd / "1", "x", 0, 0.2)
+    make_run(sd / "2", "x", 1, 0.3, status="running")
+    res = build_report([sd])
+    md = (sd / "report" / "report.md").read_text()
+    assert "n = 1: no statistics" in md and "running (1 of 2)" in md and "mean ± std over seeds" not in md
+    assert list(res["arms"]["test"]) == ["", "n = 1: no statistics"]

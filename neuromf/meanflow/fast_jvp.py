@@ -428,14 +428,23 @@ def prepare_fused_jvp(model: nn.Module) -> nn.Module:
     return model
 
 
-def jvp_exact_fused(model: nn.Module, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor) -> tuple[Tensor, Tensor]:
-    """(u with autograd graph, du/dt detached) from ONE forward-mode pass along (v~, 0, 1) in (z, r, t)."""
+def jvp_exact_fused(
+    model: nn.Module, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, with_v: bool = False
+) -> tuple[Tensor, ...]:
+    """(u with autograd graph, du/dt detached) from ONE forward-mode pass along (v~, 0, 1) in (z, r, t).
+
+    with_v: the pass is `model.u_and_v` and (u, du/dt, v_hat) is returned, v_hat the v-head's output of the same
+    pass with its graph and no tangent (iMF's auxiliary output)."""
     prepare_fused_jvp(model)
     with fwAD.dual_level(), fused_jvp_mode():
         z_dual = fwAD.make_dual(z_t, v_tilde.to(z_t.dtype))
         t_dual = fwAD.make_dual(t, torch.ones_like(t))
-        out = model(z_dual, r, t_dual)
+        if with_v:
+            out, v_hat = model.u_and_v(z_dual, r, t_dual)
+            v_hat = fwAD.unpack_dual(v_hat).primal
+        else:
+            out, v_hat = model(z_dual, r, t_dual), None
         u, du_dt = fwAD.unpack_dual(out)
     if du_dt is None:  # the output does not depend on (z, t)
         du_dt = torch.zeros_like(u)
-    return u, du_dt.detach()
+    return (u, du_dt.detach(), v_hat) if with_v else (u, du_dt.detach())

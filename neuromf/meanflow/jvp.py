@@ -99,15 +99,25 @@ def jvp_fd(
 
 
 def time_derivative(
-    model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor, strategy: str = "exact", fd_step: float = 1e-4
-) -> tuple[Tensor, Tensor]:
-    """(u with grad, du/dt detached) for the chosen strategy."""
-    if strategy == "exact":
-        du_dt = jvp_exact(model, z_t, r, t, v_tilde)
-        return model(z_t, r, t), du_dt
+    model,
+    z_t: Tensor,
+    r: Tensor,
+    t: Tensor,
+    v_tilde: Tensor,
+    strategy: str = "exact",
+    fd_step: float = 1e-4,
+    with_v: bool = False,
+) -> tuple[Tensor, ...]:
+    """(u with grad, du/dt detached) for the chosen strategy.
+
+    with_v: u comes from `model.u_and_v` and (u, du/dt, v_hat) is returned, v_hat the v-head output of the same
+    pass as u, with its graph (iMF's auxiliary output: the v-head's loss costs no extra backbone pass)."""
+    if strategy not in JVP_STRATEGIES:
+        raise ValueError(f"loss.jvp={strategy!r}: expected one of {JVP_STRATEGIES}")
     if strategy == "exact_fused":
-        return jvp_exact_fused(model, z_t, r, t, v_tilde)
+        return jvp_exact_fused(model, z_t, r, t, v_tilde, with_v=with_v)
+    du_dt = jvp_exact(model, z_t, r, t, v_tilde) if strategy == "exact" else None
+    u, v_hat = model.u_and_v(z_t, r, t) if with_v else (model(z_t, r, t), None)
     if strategy == "fd":
-        u = model(z_t, r, t)
-        return u, jvp_fd(model, z_t, r, t, v_tilde, u, fd_step)
-    raise ValueError(f"loss.jvp={strategy!r}: expected one of {JVP_STRATEGIES}")
+        du_dt = jvp_fd(model, z_t, r, t, v_tilde, u, fd_step)
+    return (u, du_dt, v_hat) if with_v else (u, du_dt)

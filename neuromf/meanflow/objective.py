@@ -5,6 +5,13 @@
   MeanFlow:  v~ = v,         u_tgt = sg(v - h du/dt),   Delta_u = u - u_tgt
   iMF:       v~ = sg(v_hat), V = u + h sg(du/dt),       Delta_u = V - v,   Delta_v = v_hat - v
   (the two Delta_u are the same expression; only the tangent differs, and iMF adds the v-head term)
+  iMF's v-head is evaluated twice (`imf_v_loss`):
+    shared (default, as the official iMF code): v~ = v_hat(z_t | r = t) from a pass WITHOUT a graph, and Delta_v
+      takes v_hat(z_t | r, t), the v-head output of the u pass itself (auxiliary output, `u_and_v`): the v-head's
+      target v does not depend on h, so its optimum E[v | z_t] is the same at every h (and at r = t the two agree).
+      Cost: one no-grad forward more than MeanFlow.
+    separate: v_hat(z_t | r = t) from one pass WITH a graph gives both the tangent (detached) and Delta_v:
+      a full extra forward + backward of the backbone.
   per-sample distance d = sum_c lambda_c mean_voxels(|Delta_c|^p) / sum_c lambda_c
   adaptive weight w = 1 / sg(d + norm_eps)^norm_p,  loss = mean_b(w d)  (one weight per term)
 Shapes: x, eps, z_t, u, v (B, C, D, H, W); r, t, h (B,).
@@ -22,6 +29,8 @@ from torch import Tensor
 
 from neuromf.meanflow.jvp import JVP_STRATEGIES, check_jvp_strategy, time_derivative
 from neuromf.meanflow.time_sampling import TimeSampler
+
+IMF_V_LOSS = ("shared", "separate")
 
 
 def _upcast(a: Tensor) -> Tensor:
@@ -61,6 +70,7 @@ class MeanFlowObjective:
     norm_eps: float = 0.01
     channel_weights: list[float] | None = None
     v_loss_weight: float = 1.0
+    imf_v_loss: Literal["shared", "separate"] = "shared"
     time_sampler: TimeSampler = field(default_factory=TimeSampler)
     # optional drop-in for time_derivative (e.g. neuromf.models.compile_utils.compiled_time_derivative)
     derivative_fn: Callable | None = field(default=None, repr=False)
@@ -71,6 +81,8 @@ class MeanFlowObjective:
     def __post_init__(self):
         if self.jvp not in JVP_STRATEGIES:
             raise ValueError(f"loss.jvp={self.jvp!r}: expected one of {JVP_STRATEGIES}")
+        if self.imf_v_loss not in IMF_V_LOSS:
+            raise ValueError(f"loss.imf_v_loss={self.imf_v_loss!r}: expected one of {IMF_V_LOSS}")
         if isinstance(self.time_sampler, dict):
             self.time_sampler = TimeSampler(**self.time_sampler)
 
@@ -116,10 +128,22 @@ class MeanFlowObjective:
         v = eps - x
 
         imf = getattr(model, "use_v_head", False)
-        v_hat = model.v(z_t, t) if imf else None
-        v_tilde = v_hat.detach() if imf else v  # tangent along z
+        shared = imf and self.imf_v_loss == "shared"
         derivative = self.derivative_fn or time_derivative
-        u, du_dt = derivative(model, z_t, r, t, v_tilde, strategy=self.jvp, fd_step=self.fd_step)
+        if shared:  # tangent from a pass without a graph; v_hat for Delta_v from the u pass (below)
+            with torch.no_grad():
+                v_tilde = model.v(z_t, t)
+        else:  # separate: the v-head pass at r = t with its graph gives the tangent and Delta_v
+            v_hat = model.v(z_t, t) if imf else None
+            v_tilde = v_hat.detach() if imf else v  # tangent along z
+        if shared and self.v_loss_weight > 0:
+            u, du_dt, v_hat = derivative(
+                model, z_t, r, t, v_tilde, strategy=self.jvp, fd_step=self.fd_step, with_v=True
+            )
+        else:  # (shared with v_loss_weight 0: the v-head is not trained; Delta_v is reported at r = t)
+            u, du_dt = derivative(model, z_t, r, t, v_tilde, strategy=self.jvp, fd_step=self.fd_step)
+            if shared:
+                v_hat = v_tilde
         self.last_point = {"z_t": z_t.detach(), "r": r.detach(), "t": t.detach(), "v_tilde": v_tilde.detach()}
         u_tgt = (v - _bcast(h, x) * du_dt).detach()  # sg(v - h du/dt)
         delta_u = u - u_tgt  # == V - v with V = u + h sg(du/dt)
@@ -142,8 +166,9 @@ class MeanFlowObjective:
                 jvp_norm=_upcast(du_dt).flatten(1).pow(2).mean(1).sqrt().mean(),
                 cos_V_v=_cosine(V, v),
                 fm_fraction=fm.float().mean(),
-                loss_u_fm=d_u[fm].mean().detach() if fm.any() else torch.tensor(float("nan")),
-                loss_u_mf=d_u[~fm].mean().detach() if (~fm).any() else torch.tensor(float("nan")),
+                # NaN when no sample of that kind (0/0); no data-dependent branch
+                loss_u_fm=torch.where(fm, d_u, 0).sum().detach() / fm.sum(),
+                loss_u_mf=torch.where(~fm, d_u, 0).sum().detach() / (~fm).sum(),
             )
             for c, value in enumerate(per_ch.mean(0)):
                 diag[f"loss_ch{c}"] = value.detach()

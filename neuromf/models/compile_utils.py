@@ -83,8 +83,9 @@ def compiled_time_derivative(
 ) -> Callable:
     """A drop-in for neuromf.meanflow.jvp.time_derivative with the JVP (and the u forward) under torch.compile.
 
-    Returns fn(model, z_t, r, t, v_tilde, strategy=..., fd_step=...) -> (u with graph, du/dt detached); set it as
-    MeanFlowObjective.derivative_fn. GroupNorms are decomposed first (pytorch#152185).
+    Returns fn(model, z_t, r, t, v_tilde, strategy=..., fd_step=..., with_v=False) -> (u with graph, du/dt
+    detached) [+ v_hat, the v-head output of the u pass, with `with_v`]; set it as MeanFlowObjective.derivative_fn.
+    GroupNorms are decomposed first (pytorch#152185).
     exact:       compiled torch.func.jvp under no_grad + compiled forward for u (two passes, no tangent graph).
     exact_fused: one compiled torch.func.jvp under grad mode returning (u, sg(du/dt)): AOTAutograd drops the
                  tangent's backward, so only what u's backward needs is saved (the eager fused path instead uses
@@ -94,6 +95,7 @@ def compiled_time_derivative(
         raise ValueError(f"loss.jvp={strategy!r}: expected one of {JVP_STRATEGIES}")
     decompose_group_norm(model)
     plain = model.forward
+    plain_uv = getattr(model, "u_and_v", None)
 
     def _jvp(z: Tensor, r: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         return torch.func.jvp(lambda zz, tt: plain(zz, r, tt), (z, t), (v, torch.ones_like(t)))
@@ -102,18 +104,29 @@ def compiled_time_derivative(
         u, du = _jvp(z, r, t, v)
         return u, du.detach()
 
-    jvp_c, fused_c, fwd_c = (torch.compile(f, **compile_kwargs) for f in (_jvp, _fused, plain))
+    def _fused_uv(z: Tensor, r: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # v_hat is an auxiliary output of the u pass: no tangent is taken of it
+        u, du, v_hat = torch.func.jvp(lambda zz, tt: plain_uv(zz, r, tt), (z, t), (v, torch.ones_like(t)), has_aux=True)
+        return u, du.detach(), v_hat
 
-    def derivative(_model, z_t, r, t, v_tilde, strategy: str = strategy, fd_step: float = fd_step):
+    jvp_c, fused_c, fwd_c = (torch.compile(f, **compile_kwargs) for f in (_jvp, _fused, plain))
+    fused_uv_c = torch.compile(_fused_uv, **compile_kwargs) if plain_uv is not None else None
+    fwd_uv_c = torch.compile(plain_uv, **compile_kwargs) if plain_uv is not None else None
+
+    def derivative(_model, z_t, r, t, v_tilde, strategy: str = strategy, fd_step: float = fd_step, with_v=False):
         if strategy == "exact":
             with torch.no_grad():
                 _, du_dt = jvp_c(z_t, r, t, v_tilde)
+            if with_v:
+                u, v_hat = fwd_uv_c(z_t, r, t)
+                return u, du_dt, v_hat
             return fwd_c(z_t, r, t), du_dt
         if strategy == "exact_fused":
-            return fused_c(z_t, r, t, v_tilde)
+            return fused_uv_c(z_t, r, t, v_tilde) if with_v else fused_c(z_t, r, t, v_tilde)
         if strategy == "fd":
-            u = fwd_c(z_t, r, t)
-            return u, jvp_fd(fwd_c, z_t, r, t, v_tilde, u, fd_step)
+            u, v_hat = fwd_uv_c(z_t, r, t) if with_v else (fwd_c(z_t, r, t), None)
+            du_dt = jvp_fd(fwd_c, z_t, r, t, v_tilde, u, fd_step)
+            return (u, du_dt, v_hat) if with_v else (u, du_dt)
         raise ValueError(f"loss.jvp={strategy!r}: expected one of {JVP_STRATEGIES}")
 
     derivative.forward = fwd_c  # the compiled u forward, for a flow-matching baseline

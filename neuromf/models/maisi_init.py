@@ -94,8 +94,8 @@ def check_maisi_compatible(net, path: str | Path, metadata: dict) -> None:
         )
     if net.conditioning == "h":
         raise MaisiInitError(
-            f"init.maisi_checkpoint={path}: model.conditioning=h cannot start from MAISI weights (its time embedding would "
-            "see h = t - r instead of t); use model.conditioning=t_h or dual"
+            f"init.maisi_checkpoint={path}: model.conditioning=h cannot start from MAISI weights (its time embedding "
+            "would see h = t - r instead of t); use model.conditioning=t_h or dual"
         )
     steps = float(metadata.get("num_train_timesteps", 1000))
     if float(net.time_scale) != steps:

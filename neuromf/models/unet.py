@@ -1,7 +1,8 @@
 """MeanFlow network: MONAI's MAISI diffusion UNet with (r, t) conditioning and the iMF dual head.
 
 Symbols (see neuromf/meanflow): z_t = (1 - t) x + t eps, h = t - r, u(z_t, r, t) the average velocity
-(u-head), v_hat(z_t, t) the instantaneous velocity (v-head, evaluated at r = t, training only).
+(u-head), v_hat(z_t, t) the instantaneous velocity (v-head, training only: at r = t for iMF's tangent, and as an
+auxiliary output of the u pass for its loss, `u_and_v`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import copy
 from typing import Literal
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 from monai.networks.nets.diffusion_model_unet import (
     DiffusionUNetResnetBlock,
@@ -142,6 +144,25 @@ class MeanFlowUNet(nn.Module):
         r, t = self._times(r, z), self._times(t, z)
         out = self.unet.out(self._features(z, self._embed(z, r, t)))
         return self._to_velocity(out, z, t)
+
+    def u_and_v(self, z: Tensor, r: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """u(z_t, r, t) and the v-head's v_hat from ONE backbone pass at (r, t): iMF's auxiliary v-head output.
+
+        The v-head sees the same embedding as u (t and h = t - r for `t_h`; t and r for `dual`; h for `h`), as in
+        the official iMF code, whose v-head loss uses the v output of the u pass at (t, h). Its regression target
+        v = eps - x does not depend on r, so its optimum E[v | z_t] is the same for every h, and at r = t it is
+        exactly `v(z, t)`. Inside a forward-mode pass the v-head gets the features' primal (autograd graph kept,
+        tangent dropped): v_hat is an auxiliary output, no tangent of it is computed. Without a v-head: (u, u).
+        Shapes: z (B, C, D, H, W); r, t (B,); both outputs (B, C, D, H, W).
+        """
+        r, t = self._times(r, z), self._times(t, z)
+        emb = self._embed(z, r, t)
+        feats = self._features(z, emb)
+        u = self._to_velocity(self.unet.out(feats), z, t)
+        if self.v_head is None:
+            return u, u
+        v_hat = self.v_head(fwAD.unpack_dual(feats).primal, fwAD.unpack_dual(emb).primal)
+        return u, self._to_velocity(v_hat, fwAD.unpack_dual(z).primal, fwAD.unpack_dual(t).primal)
 
     def v(self, z: Tensor, t: Tensor) -> Tensor:
         """Instantaneous velocity v_hat(z_t, t) = v-head at r = t (or the u-head at r = t without a v-head)."""

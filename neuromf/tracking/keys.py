@@ -70,6 +70,7 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     train = ["train/loss", "train/loss_raw", "train/loss_u", *(["train/loss_v"] if imf else [])]
     train += [f"train/loss_ch{c}" for c in range(channels)]
     diag = ["train/jvp_norm", "train/jvp_t_norm", "train/jvp_z_norm", "train/cos_V_v", "train/fm_fraction"]
+    diag += ["train/loss_u_fm", "train/loss_u_mf"]
     diag += ["train/cos_vhat_v"] if imf else []
     system = ["train/samples_per_s", *(["train/peak_mem_gb"] if gpu else []), "lr-AdamW"]
     val = ["val/loss_raw", "val/loss_u", *(["val/loss_v"] if imf else [])]
@@ -81,7 +82,9 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     evaluation += ["val/eval_time_s"] if metrics else []
     ref = [f"ref/{m}/{lvl}" for m in metrics for lvl in ("real", "noise")] if ev.get("reference_levels") else []
     samples_cfg = _get(cfg, "callbacks.samples", {}) or {}
-    samples = [f"samples/nfe_{n}" for n in sorted(samples_cfg.get("nfe_list", []))] if samples_cfg.get("enabled") else []
+    samples = (
+        [f"samples/nfe_{n}" for n in sorted(samples_cfg.get("nfe_list", []))] if samples_cfg.get("enabled") else []
+    )
     if len(samples) > 1:
         val.append("val/nfe_consistency")
     return {
