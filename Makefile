@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean-demo
+.PHONY: install demo test test-fast lint bench clean-demo browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,7 +30,14 @@ demo: $(STAMP)
 	@echo; echo "Demo results: $(DEMO_SWEEP)"; echo "  report:  $(DEMO_SWEEP)/report/report.html (and report.md)"; \
 	  echo "  arms:    $(DEMO_SWEEP)/sweep_summary.csv"; echo "  samples: $(DEMO_SWEEP)/<arm>/samples/  W&B offline runs: $(DEMO_SWEEP)/<arm>/wandb/"
 
-test: $(STAMP)
+# headless Chromium for the report's browser test (tests/test_report_browser.py): installed with apt-get when
+# missing and apt-get exists (as root, or via sudo); elsewhere the test skips (CI=true makes it required)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

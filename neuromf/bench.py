@@ -3,11 +3,14 @@
     python -m neuromf.bench --preset cpu-small|maisi [--batch 8] [--dtype bf16|fp32] [--steps 10] [--warmup 3]
         [--strategies fm,meanflow,imf,jvp_only] [--jvp exact,fd,exact_fused] [--compile] [--channels-last]
         [--checkpointing] [--optimizer] [--out benchmarks/<name>.json]
+    python -m neuromf.bench --cost --preset cpu-small|maisi [--bf16-size 16] [--out benchmarks/cost_<preset>.json]
+        (GPU-free FLOP / saved-byte counts and the largest batch per GPU size: neuromf/bench_cost.py)
 
 A step = objective + backward (+ AdamW step with --optimizer) of the real engine (MeanFlowObjective on
 MeanFlowUNet); the flow-matching baseline is |u(z_t, t, t) - v|^2 forward + backward on the same network.
-`jvp_only` times torch.func.jvp alone under no_grad. Timing: CUDA events (or perf_counter on CPU) after
-warm-up, median of `steps`. Memory: torch.cuda.max_memory_allocated per case (CUDA only) and, on every device,
+`imf` is iMF with the v-head's loss on the u pass (loss.imf_v_loss=shared, the default), `imf_separate` the
+former form (a v-head pass with its graph). `jvp_only` times torch.func.jvp alone under no_grad.
+Timing: CUDA events (or perf_counter on CPU) after warm-up, median of `steps`. Memory: torch.cuda.max_memory_allocated per case (CUDA only) and, on every device,
 the bytes of tensors saved for backward by one step (autograd saved-tensor hooks, deduplicated by storage).
 An out-of-memory case is recorded as "OOM". Prints a table and writes JSON (ratios to the flow-matching step).
 Latents: (B, C, D, H, W).
@@ -70,7 +73,8 @@ PRESETS = {
         dtype="fp32",
     ),
 }
-STRATEGIES = ("fm", "meanflow", "imf", "jvp_only")
+STRATEGIES = ("fm", "meanflow", "imf", "imf_separate", "jvp_only")
+IMF_KINDS = ("imf", "imf_separate")
 TARGETS = {"meanflow_ms_ratio_max": 1.5, "imf_ms_ratio_max": 2.4, "peak_ratio_max": 1.2, "imf_samples_per_s_min": 30}
 
 
@@ -90,7 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--strategies", default="fm,meanflow,imf,jvp_only")
+    p.add_argument(
+        "--strategies",
+        default=None,
+        help="default fm,meanflow,imf,jvp_only (with --cost: fm,meanflow,imf,imf_separate)",
+    )
     p.add_argument("--jvp", default="exact,fd,exact_fused")
     p.add_argument(
         "--compile",
@@ -117,7 +125,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (written atomically)")
+    p.add_argument("--cost", action="store_true", help="count FLOPs / saved bytes (no timing) and fit the batch")
+    p.add_argument(
+        "--bf16-size", type=int, default=None, help="--cost: cube edge of the bf16 ratio count (0: skip bf16)"
+    )
     args = p.parse_args(argv)
+    if args.strategies is None:
+        args.strategies = "fm,meanflow,imf,imf_separate" if args.cost else "fm,meanflow,imf,jvp_only"
+    if args.cost and "--batch" not in (argv if argv is not None else sys.argv[1:]):
+        args.batch = 1
     args.argv = list(sys.argv[1:] if argv is None else argv)
     preset = PRESETS[args.preset]
     args.batch = args.batch or preset["batch"]
@@ -195,7 +211,12 @@ def make_step(kind: str, jvp: str | None, model, args, device, x: torch.Tensor):
     gen = torch.Generator(device=device).manual_seed(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.optimizer else None
     derivative = getattr(model, "_bench_derivative", {}).get(jvp) if args.compile else None
-    obj = MeanFlowObjective(jvp=jvp or "exact", derivative_fn=derivative) if kind in ("meanflow", "imf") else None
+    form = "separate" if kind == "imf_separate" else "shared"
+    obj = (
+        MeanFlowObjective(jvp=jvp or "exact", derivative_fn=derivative, imf_v_loss=form)
+        if kind in ("meanflow", *IMF_KINDS)
+        else None
+    )
     fm_forward = getattr(model, "_bench_forward", None) or model
 
     def forward():
@@ -282,9 +303,9 @@ def check_targets(results: list[dict]) -> dict:
     """The issue's targets (meaningful for the maisi preset on an H100, bf16, batch >= 8)."""
     out = {}
     for r in results:
-        if r["status"] != "ok" or r["kind"] not in ("meanflow", "imf"):
+        if r["status"] != "ok" or r["kind"] not in ("meanflow", *IMF_KINDS):
             continue
-        lim = TARGETS[f"{r['kind']}_ms_ratio_max"]
+        lim = TARGETS["imf_ms_ratio_max" if r["kind"] in IMF_KINDS else "meanflow_ms_ratio_max"]
         out[r["case"]] = {
             "ms_ratio_ok": r["ratio_ms_to_fm"] is not None and r["ratio_ms_to_fm"] <= lim,
             "peak_ratio_ok": None
@@ -292,7 +313,7 @@ def check_targets(results: list[dict]) -> dict:
             else r["ratio_peak_to_fm"] <= TARGETS["peak_ratio_max"],
             **(
                 {"samples_per_s_ok": r["samples_per_s"] >= TARGETS["imf_samples_per_s_min"]}
-                if r["kind"] == "imf"
+                if r["kind"] in IMF_KINDS
                 else {}
             ),
         }
@@ -351,7 +372,7 @@ def run(args: argparse.Namespace, on_update=None) -> dict:
         elif kind == "jvp_only":
             cases.append(("jvp_only/exact", "jvp_only", "exact", False))
         else:
-            cases += [(f"{kind}/{j}", kind, j, kind == "imf") for j in args.jvp]
+            cases += [(f"{kind}/{j}", kind, j, kind in IMF_KINDS) for j in args.jvp]
     if not any(c[1] == "fm" for c in cases):
         cases.insert(0, ("fm", "fm", None, False))  # every ratio needs the baseline
 
@@ -409,6 +430,20 @@ def _payload(args, device, n_params: dict, results: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cost:
+        from neuromf.bench_cost import format_cost_table, run_cost
+
+        payload = run_cost(args, PRESETS)
+        cfg = payload["config"]
+        print(
+            f"{payload['device']} | torch {payload['torch']} | {args.preset} {cfg['latent_shape']}"
+            f" | params {cfg['params']}"
+        )
+        print(format_cost_table(payload["results"]))
+        if args.out:
+            write_json_atomic(Path(args.out), payload)
+            print(f"wrote {args.out}")
+        return 0
     payload = run(args, on_update=(lambda p: write_json_atomic(Path(args.out), p)) if args.out else None)
     print(
         f"{payload['device']} | torch {payload['torch']} | {args.preset} batch {args.batch} {args.dtype}"

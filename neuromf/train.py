@@ -40,6 +40,8 @@ from neuromf.training.checkpoint_io import (
     find_resume_checkpoint,
     validate_checkpoint,
 )
+from neuromf.training.ddp_strategy import AUTO as DDP_AUTO
+from neuromf.training.ddp_strategy import choose_ddp_strategy
 from neuromf.training.ema import EMA
 from neuromf.training.module import MeanFlowModule
 from neuromf.training.progress import ProgressFile
@@ -178,13 +180,16 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> dict | None:
     return found
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers, checkpoint_io=None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks, loggers, checkpoint_io=None, module=None) -> pl.Trainer:
     plugins = [checkpoint_io or AtomicCheckpointIO()]
     if "SLURM_JOB_ID" in os.environ:  # submitit owns requeueing: Lightning's SLURM auto-requeue must stay off
         from pytorch_lightning.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
+    trainer_cfg = cfg.trainer
+    if module is not None and trainer_cfg.get("strategy") == DDP_AUTO:  # ddp, or the unused-parameter search
+        trainer_cfg = OmegaConf.merge(trainer_cfg, {"strategy": choose_ddp_strategy(module)})
+    return build(trainer_cfg, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
 
 
 class InputError(Exception):
@@ -280,7 +285,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 
             define_metrics(logger.experiment, resolved)
     checkpoint_io = AtomicCheckpointIO()
-    trainer = build_trainer(cfg, run_dir, callbacks, loggers, checkpoint_io)
+    trainer = build_trainer(cfg, run_dir, callbacks, loggers, checkpoint_io, module=module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
 
     divergence = next(c for c in callbacks if isinstance(c, DivergenceMonitor))

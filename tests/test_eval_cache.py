@@ -67,3 +67,22 @@ def test_fingerprint_changes_with_data():
     y[0, 0, 0, 0, 0] += 1e-3
     assert tensor_fingerprint(x) != tensor_fingerprint(y)
     assert tensor_fingerprint(x) != tensor_fingerprint(x.reshape(3, 4, 4, 4))
+
+
+def test_tensor_entries_hit_from_memory_and_disk(tmp_path):
+    calls = []
+    key = _key(backbone={"backbone": "eval-reference"})
+
+    def compute():
+        calls.append(1)
+        return {"real/feat3d": torch.randn(4, 3), "ref/kid/noise": torch.tensor([0.5], dtype=torch.float64)}
+
+    cache = StatsCache(tmp_path)
+    first = cache.get_or_compute_tensors(key, compute)
+    again = cache.get_or_compute_tensors(key, compute)
+    from_disk = StatsCache(tmp_path).get_or_compute_tensors(key, compute)
+    assert len(calls) == 1 and (cache.misses, cache.hits) == (1, 1)
+    assert list(tmp_path.glob("eval-reference-*.safetensors"))
+    for t in (again, from_disk):
+        torch.testing.assert_close(t["real/feat3d"], first["real/feat3d"])
+        assert t["ref/kid/noise"].item() == 0.5

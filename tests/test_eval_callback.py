@@ -22,6 +22,7 @@ class FakeData(pl.LightningDataModule):
         self.train = torch.randn(8, *SHAPE, generator=g)
         self.val = torch.randn(12, *SHAPE, generator=g)
         self.decode_calls = 0
+        self.train_calls = 0
 
     def train_dataloader(self):
         return DataLoader(self.train, batch_size=4)
@@ -32,16 +33,22 @@ class FakeData(pl.LightningDataModule):
     def val_latents(self):
         return self.val.clone()
 
+    def train_latents(self, limit=None):
+        self.train_calls += 1
+        return self.train[:limit].clone()
+
     def decode(self, z):
         self.decode_calls += z.shape[0]
         return F.interpolate(z, scale_factor=4, mode="trilinear", align_corners=False)  # (B, 1, 32, 32, 32)
 
 
 class FakeModule(pl.LightningModule):
-    """generate() returns noise + shift; shift = offset (plateau) or offset / (1 + epoch) (improving)."""
+    """generate() returns noise + shift; shift = offset (plateau) or offset / (1 + epoch) (improving), divided by
+    nfe when ``nfe_helps`` (more steps -> closer to the data)."""
 
-    def __init__(self, offset=2.0, improving=False):
+    def __init__(self, offset=2.0, improving=False, nfe_helps=False):
         super().__init__()
+        self.nfe_helps = nfe_helps
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.offset, self.improving = offset, improving
         self.generate_calls = []
@@ -59,7 +66,7 @@ class FakeModule(pl.LightningModule):
     def generate(self, noise, nfe=1, use_ema=None):
         self.generate_calls.append((noise.shape[0], nfe, use_ema, self.current_epoch))
         shift = self.offset / (1 + self.current_epoch) if self.improving else self.offset
-        return noise + shift
+        return noise + (shift / nfe if self.nfe_helps else shift)
 
 
 def _trainer(tmp_path, callbacks, max_epochs, logger=False):
@@ -78,13 +85,21 @@ def _trainer(tmp_path, callbacks, max_epochs, logger=False):
 
 
 def _cb(tmp_path, **kw):
-    args = dict(num_samples=10, batch_size=4, swd_projections=32, feat3d_enabled=False, cache_dir=str(tmp_path / "c"))
+    args = dict(
+        num_samples=10,
+        nfe_list=[1],
+        batch_size=4,
+        swd_projections=32,
+        feat3d_enabled=False,
+        objective_key="val/swd",
+        cache_dir=str(tmp_path / "c"),
+    )
     args.update(kw)
     return EvaluationCallback(**args)
 
 
 def test_early_stopping_triggers_after_patience_on_plateau(tmp_path):
-    cb = _cb(tmp_path, nfe=2, use_ema=True)
+    cb = _cb(tmp_path, nfe_list=[2], use_ema=True)
     es = EarlyStopping(monitor="val/swd", mode="min", patience=2)
     model = FakeModule(improving=False)
     trainer = _trainer(tmp_path, [cb, es], max_epochs=10)
@@ -104,6 +119,7 @@ def test_early_stopping_triggers_after_patience_on_plateau(tmp_path):
     noise = torch.randn(10, *SHAPE, generator=torch.Generator().manual_seed(0))
     expected = sliced_wasserstein(noise + 2.0, dm.val_latents(), num_projections=32, seed=0).item()
     assert cb.history[0]["val/swd"] == pytest.approx(expected, rel=1e-5)
+    assert cb.history[0]["val/swd/nfe2"] == cb.history[0]["val/swd"] and cb.history[0]["val/eval_time_s"] > 0
     assert trainer.callback_metrics["val/swd"].item() == pytest.approx(expected, rel=1e-5)
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["finished"] and summary["objective"] == pytest.approx(expected, rel=1e-5)
@@ -148,14 +164,26 @@ def test_feat3d_logged_cached_and_summarised(tmp_path):
     ]  # epoch 0 baseline, then every 2
     fd = [h["val/feat3d_fd"] for h in cb.history if "val/feat3d_fd" in h]
     assert fd[0] > fd[1] > 0  # samples moving towards the data
-    assert (cb.cache.misses, cb.cache.hits) == (1, 1)  # real statistics computed once, reused at epoch 2
-    assert dm.decode_calls == 12 + 2 * 10  # real set once + generated twice
-    assert len(list((tmp_path / "c").glob("deepbet-encoder-*.safetensors"))) == 1
+    assert (cb.cache.misses, cb.cache.hits) == (1, 0)  # real features computed once, kept for epoch 2
+    # real set + reference levels (8 training latents, 10 noise latents) once, then generated twice
+    assert dm.decode_calls == 12 + 8 + 10 + 2 * 10
+    assert len(list((tmp_path / "c").glob("eval-reference-*.safetensors"))) == 1
+    first = cb.history[0]
+    assert {f"val/{m}/nfe1" for m in ("feat3d_fd", "kid", "precision", "recall", "density", "coverage", "msssim")} <= set(
+        first
+    )
+    assert 0 <= first["val/coverage/nfe1"] <= 1 and 0 < first["val/msssim/nfe1"] <= 1
+    assert cb.reference["ref/feat3d_fd/real"] < cb.reference["ref/feat3d_fd/noise"]
+    assert "ref/coverage/real" in cb.reference and "ref/msssim/noise" in cb.reference
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert set(summary["best"]) >= {"val/swd", "val/feat3d_fd"}
     assert summary["best"]["val/feat3d_fd"]["value"] == pytest.approx(min(fd))
     metrics_csv = (tmp_path / "metrics.csv").read_text()
-    assert "val/swd" in metrics_csv and "val/feat3d_fd" in metrics_csv
+    assert "val/swd" in metrics_csv and "val/feat3d_fd" in metrics_csv and "ref/kid/noise" in metrics_csv
+    assert summary["reference"]["feat3d_fd"] == {
+        "real": cb.reference["ref/feat3d_fd/real"],
+        "noise": cb.reference["ref/feat3d_fd/noise"],
+    }
     # a second run with the same data and cache directory reuses the statistics from disk
     cb2 = _cb(tmp_path, feat3d_enabled=True, feat3d_every_n_epochs=2, feat3d_input_size=32, dataset_key="fake")
     dm2 = FakeData()
@@ -192,3 +220,45 @@ def test_fid_in_callback_with_random_weights(tmp_path):
         cb.history[0]["val/fid_mean"] == pytest.approx(cb.history[0]["val/fid_axial"])
         and cb.history[0]["val/fid_mean"] > 0
     )
+
+
+def test_nfe_list_reference_levels_cached_and_reused(tmp_path, monkeypatch):
+    from neuromf.evaluation.suite import MetricSuite
+
+    calls = []
+    original = MetricSuite.reference
+    monkeypatch.setattr(MetricSuite, "reference", lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    cb = _cb(tmp_path, nfe_list=[1, 2], objective_key="val/swd/nfe2")
+    model, dm = FakeModule(nfe_helps=True), FakeData()
+    logger = CSVLogger(save_dir=str(tmp_path), name="", version="")
+    _trainer(tmp_path, [cb], max_epochs=2, logger=logger).fit(model, datamodule=dm)
+    assert sorted({c[1] for c in model.generate_calls}) == [1, 2]
+    h = cb.history[0]
+    assert h["val/swd/nfe2"] < h["val/swd/nfe1"] == h["val/swd"]  # the aliases are the first NFE's
+    assert cb.best["val/swd/nfe2"]["value"] == min(x["val/swd/nfe2"] for x in cb.history)
+    assert "val/eval_time_s" not in cb.best
+    # reference levels: training latents (floor) far below noise (ceiling); computed once, logged once
+    ref = cb.reference
+    assert set(ref) == {f"ref/{m}/{lvl}" for m in ("swd", "swd_patch") for lvl in ("real", "noise")}
+    assert ref["ref/swd/real"] < ref["ref/swd/noise"] and len(calls) == 1 and dm.train_calls == 1
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["reference"]["swd"] == {"real": ref["ref/swd/real"], "noise": ref["ref/swd/noise"]}
+    assert summary["objective_key"] == "val/swd/nfe2" and summary["objective"] == cb.best["val/swd/nfe2"]["value"]
+    rows = [line for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:] if line]
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    col = header.index("ref/swd/noise")
+    assert sum(bool(r.split(",")[col]) for r in rows) == 1
+    # a second run over the same data reads them from the cache: no recomputation
+    cb2 = _cb(tmp_path, nfe_list=[1, 2])
+    _trainer(tmp_path / "run2", [cb2], max_epochs=1).fit(FakeModule(), datamodule=FakeData())
+    assert len(calls) == 1 and (cb2.cache.misses, cb2.cache.hits) == (0, 1) and cb2.reference == ref
+
+
+def test_best_direction_per_metric():
+    cb = EvaluationCallback(feat3d_enabled=False)
+    cb._update({"val/coverage/nfe1": 0.5, "val/kid/nfe1": 0.2, "val/msssim/nfe1": 0.7}, 0, 10, 1.0)
+    cb._update({"val/coverage/nfe1": 0.8, "val/kid/nfe1": 0.3, "val/msssim/nfe1": 0.1}, 1, 20, 1.0)
+    assert cb.best["val/coverage/nfe1"]["epoch"] == 1 and cb.best["val/kid/nfe1"]["epoch"] == 0
+    assert "val/msssim/nfe1" not in cb.best
+    with pytest.raises(ValueError, match="nfe_list"):
+        EvaluationCallback(nfe_list=[1, 1])

@@ -47,6 +47,20 @@ def test_the_launcher_thread_prints_changes_while_arms_run(tmp_path):
     ]
 
 
+def test_the_callback_pickles_while_its_thread_runs(tmp_path):
+    """submitit pickles Hydra's callbacks with every job."""
+    import pickle
+
+    callback = SweepProgress(every_s=0.05, stream=io.StringIO())
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback.on_multirun_start(config)
+    try:
+        clone = pickle.loads(pickle.dumps(callback))
+    finally:
+        callback.on_multirun_end(config)
+    assert clone.every_s == 0.05 and clone._thread is None
+
+
 def test_a_run_writes_its_progress_file(tmp_path):
     run = tmp_path / "run"
     train(tiny_cfg("trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"), run)

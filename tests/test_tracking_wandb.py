@@ -3,8 +3,8 @@
 import pytest
 from training_helpers import tiny_cfg
 
-from neuromf.tracking.run import flat_config, stable_run_id, update_status
-from neuromf.tracking.wandb_setup import make_wandb_logger, override_tags, wandb_mode
+from neuromf.tracking.run import clean_config, flat_config, stable_run_id, update_status
+from neuromf.tracking.wandb_setup import define_metrics, make_wandb_logger, override_tags, wandb_mode
 
 
 def test_flat_config_drops_secrets_and_keeps_everything_else():
@@ -23,6 +23,32 @@ def test_flat_config_drops_secrets_and_keeps_everything_else():
         "objective_key": "val/swd",
         "monkey": 1,
     }
+
+
+def test_clean_config_is_nested_and_secret_free():
+    cfg = {"trainer": {"max_epochs": 3}, "logger": {"wandb": {"api_key": "s", "project": "p"}}, "token": "x"}
+    assert clean_config(cfg) == {"trainer": {"max_epochs": 3}, "logger": {"wandb": {"project": "p"}}}
+
+
+def test_define_metrics_step_axis_and_summaries():
+    calls = {}
+
+    class Run:
+        def define_metric(self, name, step_metric=None, step_sync=None, summary=None, **kw):
+            calls[name] = (step_metric, summary)
+
+    cfg = {
+        "model": {"use_v_head": False, "in_channels": 1},
+        "trainer": {"accelerator": "cpu"},
+        "eval": {"enabled": True, "nfe_list": [1, 10], "feat3d_enabled": True, "reference_levels": True},
+        "callbacks": {"samples": {"enabled": True, "nfe_list": [1, 5]}},
+    }
+    define_metrics(Run(), cfg)
+    assert calls["*"][0] == "trainer/global_step"
+    assert calls["val/kid/nfe10"] == ("trainer/global_step", "min,last")
+    assert calls["val/coverage/nfe1"] == ("trainer/global_step", "max,last")
+    assert calls["train/loss_u"][1] == "min,last" and "train/loss_v" not in calls
+    assert "train/peak_mem_gb" not in calls and not any("fid" in k for k in calls)
 
 
 def test_run_id_is_created_once_per_run_dir(tmp_path):
@@ -56,7 +82,7 @@ def test_offline_wandb_run_has_group_job_type_and_resumable_id(tmp_path, monkeyp
     logger = make_wandb_logger(cfg, tmp_path, run_id)
     run = logger.experiment
     assert (run.id, run.group, run.job_type) == (run_id, "conditioning", "train")
-    logger.log_hyperparams(flat_config({"model": {"conditioning": "dual"}}))
-    assert run.config["model.conditioning"] == "dual"
+    logger.log_hyperparams(clean_config({"model": {"conditioning": "dual"}}))
+    assert run.config["model"]["conditioning"] == "dual" and "model.conditioning" not in run.config
     run.finish()
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))

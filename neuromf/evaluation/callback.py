@@ -51,7 +51,7 @@ __all__ = ["EvaluationCallback", "DEFAULT_OBJECTIVE", "LEGACY_ALIASES"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OBJECTIVE = "val/kid/nfe1"
+DEFAULT_OBJECTIVE = "val/feat3d_fd/nfe1"  # ranks the known-quality sets right (neuromf.evaluation.ranking)
 LEGACY_ALIASES = ("swd", "swd_patch", "feat3d_fd", "fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
 _NOISE_SALT = 0x0F0E  # reference noise latents: another stream than the evaluation noise
 

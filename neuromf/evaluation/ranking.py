@@ -10,7 +10,7 @@ EvaluationCallback scores generated samples, from best to worst:
 4. ``collapsed``      — 2 of them, each repeated n/2 times with small noise (std 0.05);
 5. ``noise``          — Gaussian noise latents of the same shape.
 
-    python -m neuromf.evaluation.ranking [--variant small] [--num-samples 8] [--draws 1] [--input-size 64]
+    python -m neuromf.evaluation.ranking [--variant small] [--num-samples 16] [--draws 1] [--input-size 64]
 
 prints a markdown table of every metric per set (mean over ``--draws`` draws of the training subjects) and,
 per metric, the fraction of draws in which it ranks all five sets in the right order.
@@ -107,7 +107,7 @@ def markdown_table(results: list[dict[str, dict[str, float]]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m neuromf.evaluation.ranking", description=__doc__.split("\n")[0])
     p.add_argument("--variant", default="small", help="demo data variant (default: %(default)s)")
-    p.add_argument("--num-samples", type=int, default=8, help="set size (eval.num_samples; default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=16, help="set size (eval.num_samples; default: %(default)s)")
     p.add_argument("--draws", type=int, default=1, help="draws of the training subjects (default: %(default)s)")
     p.add_argument("--input-size", type=int, default=64, help="deepbet input size (default: %(default)s)")
     p.add_argument("--knn-k", type=int, default=3, help="k of the k-NN metrics (default: %(default)s)")

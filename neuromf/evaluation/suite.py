@@ -109,7 +109,8 @@ class MetricSuite:
             return out
         f3, ff, vols = [], [], []
         for i in range(0, latents.shape[0], self.batch_size):
-            v = self.decode(latents[i : i + self.batch_size].to(self.device)).float()
+            v = self.decode(latents[i : i + self.batch_size].to(self.device))
+            v = (v.as_tensor() if hasattr(v, "as_tensor") else v).float()  # MONAI MetaTensor -> plain tensor
             if feat3d:
                 f3.append(self.feat3d(v))
             if fid:

@@ -57,6 +57,13 @@ class SweepProgress(Callback):
         self._thread: threading.Thread | None = None
         self._shown: dict[str, str] = {}
 
+    def __getstate__(self) -> dict:
+        # submitit pickles Hydra's callbacks with each job: the thread and its event stay in the launcher
+        return {"every_s": self.every_s, "stream": None, "_shown": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _stop=threading.Event(), _thread=None)
+
     def _poll(self, sweep_dir: Path) -> None:
         out = self.stream or sys.stdout
         for job, line in progress_lines(sweep_dir).items():
