@@ -10,8 +10,9 @@ A step = objective + backward (+ AdamW step with --optimizer) of the real engine
 MeanFlowUNet); the flow-matching baseline is |u(z_t, t, t) - v|^2 forward + backward on the same network.
 `imf` is iMF with the v-head's loss on the u pass (loss.imf_v_loss=shared, the default), `imf_separate` the
 former form (a v-head pass with its graph). `jvp_only` times torch.func.jvp alone under no_grad.
-Timing: CUDA events (or perf_counter on CPU) after warm-up, median of `steps`. Memory: torch.cuda.max_memory_allocated per case (CUDA only) and, on every device,
-the bytes of tensors saved for backward by one step (autograd saved-tensor hooks, deduplicated by storage).
+Timing: CUDA events (or perf_counter on CPU) after warm-up, median of `steps`. Memory:
+torch.cuda.max_memory_allocated per case (CUDA only) and, on every device, the bytes of tensors saved for backward by
+one step (autograd saved-tensor hooks, deduplicated by storage).
 An out-of-memory case is recorded as "OOM". Prints a table and writes JSON (ratios to the flow-matching step).
 Latents: (B, C, D, H, W).
 """

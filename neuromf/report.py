@@ -471,14 +471,18 @@ def optuna_storage(sweep_dir: Path) -> tuple[str, str | None] | None:
         sweeper = None
     sweeper = sweeper or {}
     storage, name = sweeper.get("storage"), sweeper.get("study_name")
-    if storage and "${" not in str(storage):
-        if str(storage).startswith("sqlite:///"):
-            if Path(str(storage)[len("sqlite:///") :]).is_file():
-                return str(storage), name
+    if storage and "${" not in str(storage) and str(storage) != "auto":
+        for prefix in ("sqlite:///", "journal:///"):  # file storages: only when the file is there
+            if str(storage).startswith(prefix):
+                if Path(str(storage)[len(prefix) :]).is_file():
+                    return str(storage), name
+                break
         else:
             return str(storage), name
-    db = sweep_dir / "optuna.db"
-    return (f"sqlite:///{db.resolve()}", name) if db.is_file() else None
+    from neuromf.sweep.storage import find_storage
+
+    found = find_storage(sweep_dir)  # <sweep>/optuna.journal or <sweep>/optuna.db
+    return (found, name) if found else None
 
 
 def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
@@ -491,18 +495,32 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from neuromf.sweep.storage import open_storage
+    from neuromf.sweep.summary import pruning_savings
+
     storage, name = found
-    name = name or optuna.get_all_study_names(storage)[0]
-    study = optuna.load_study(study_name=name, storage=storage)
+    opened = open_storage(storage)
+    name = name or optuna.get_all_study_names(opened)[0]
+    study = optuna.load_study(study_name=name, storage=opened)
     rows = []
     for t in study.trials:
         row = {"trial": t.number, "state": t.state.name, "value": t.value if t.value is not None else math.nan}
         row |= {f"param {k}": v for k, v in t.params.items()}
         row["duration (s)"] = t.duration.total_seconds() if t.duration else math.nan
+        run_dir = t.user_attrs.get("run_dir")
+        saved = pruning_savings(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else {}
+        if t.state == optuna.trial.TrialState.PRUNED:  # the last reported step, when the run dir is elsewhere
+            steps = sorted(t.intermediate_values)
+            saved.setdefault("pruned_step", steps[-1] if steps else None)
+        row["pruned at step"] = saved.get("pruned_step")
+        row["GPU-h saved (est.)"] = saved.get("saved_gpu_h")
+        row["note"] = t.user_attrs.get("fail_reason") or ("baseline" if t.user_attrs.get("baseline") else "")
         rows.append(row)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     res = {"study": name, "storage": storage, "direction": study.direction.name, "trials": pd.DataFrame(rows)}
     res["states"] = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    saved = pd.to_numeric(res["trials"]["GPU-h saved (est.)"], errors="coerce") if rows else pd.Series(dtype=float)
+    res["saved_gpu_h"] = float(saved.sum())
     res["best"] = (
         {"trial": study.best_trial.number, "value": study.best_value, "params": study.best_params} if complete else None
     )
@@ -859,6 +877,33 @@ def build_report(
     return {"out": out, "previous": prev, "arms": arms_df, "runs": runs, "config_diff": diff, "fixed": fixed}
 
 
+def gap_closed(value: float, refs: dict[str, float], mode: str = "min") -> float:
+    """Share of the noise-ceiling -> real-floor gap an objective value closes: 0 = noise, 1 = real (NaN without
+    both reference levels). Works for either direction (the levels carry it)."""
+    noise, real = refs.get("noise", math.nan), refs.get("real", math.nan)
+    if not (math.isfinite(noise) and math.isfinite(real)) or noise == real or not math.isfinite(value):
+        return math.nan
+    return (noise - value) / (noise - real)
+
+
+def untrained_warnings(arms_df: pd.DataFrame, obj_refs: dict[str, float], mode: str, least: float = 0.5) -> list:
+    """A ⚠ block per arm whose mean objective closes less than `least` of the noise -> real gap: its samples are
+    not clearly better than noise, so ranking it says nothing about the method."""
+    blocks = []
+    for _, row in arms_df.iterrows():
+        share = gap_closed(float(row["objective mean"]), obj_refs, mode)
+        if math.isfinite(share) and share < least:
+            blocks.append(
+                (
+                    "p",
+                    f"⚠ arm {row['arm']}: the objective closes only {share:.0%} of the gap between the noise "
+                    f"ceiling ({obj_refs['noise']:.4g}) and the real floor ({obj_refs['real']:.4g}): its samples are "
+                    "not clearly better than noise, so its rank says nothing about the method (train longer).",
+                )
+            )
+    return blocks
+
+
 def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_refs, diff, fixed, within) -> list:
     n_max = int(arms_df["n"].max()) if len(arms_df) else 0
     intro = (
@@ -881,6 +926,7 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
             ("p", f"⚠ partial sweep: {running} run(s) still running (marked); they are not in the statistics.")
         )
     blocks += [("h2", "Arms (ranked)"), ("table", arm_summary(arms_df), False)]
+    blocks += untrained_warnings(arms_df, obj_refs, mode)
     blocks.append(("h2", "Configuration differences between arms"))
     labelled = {k for r in records for k in r.arm}
     if len(diff):
@@ -988,6 +1034,11 @@ def _optuna_blocks(o: dict) -> list:
         f"Study `{o['study']}` ({o['storage']}), direction {o['direction']}; trials by state: "
         + ", ".join(f"{k} {v}" for k, v in o["states"].items())
         + (f". Best trial {best['trial']}: value {best['value']:.4g}, params {best['params']}." if best else ".")
+        + (
+            f" Pruning saved about {o['saved_gpu_h']:.3g} GPU-hours (wall time per step x remaining steps x devices)."
+            if o.get("saved_gpu_h")
+            else ""
+        )
     )
     blocks = [("h2", f"Optuna study {o['study']}"), ("p", text), ("table", o["trials"], False)]
     if o.get("importances"):

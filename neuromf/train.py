@@ -28,6 +28,7 @@ from neuromf.data.io import DataError
 from neuromf.instantiate import build
 from neuromf.meanflow import check_jvp_strategy
 from neuromf.models.maisi_init import init_from_maisi
+from neuromf.sweep.pruning import OptunaReporter, Pruned
 from neuromf.tracking.csv_logger import RunCSVLogger
 from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
 from neuromf.tracking.run import clean_config, provenance, stable_run_id, update_status
@@ -80,6 +81,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
         DiagnosticsLogger(**cb.diagnostics),
         LearningRateMonitor(logging_interval="step"),
         ObjectiveTracker(cfg.objective, cfg.objective_mode),
+        *optuna_reporter(cfg, run_dir),
         # last.ckpt every n steps (what a requeued job resumes from) and at every epoch end
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -133,6 +135,14 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     )
     callbacks.append(ProgressFile(str(run_dir)))  # what a sweep's launcher prints (neuromf/sweep/progress.py)
     return callbacks
+
+
+def optuna_reporter(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    """[OptunaReporter] when the sweeper passed this job its trial (+optuna.study/storage/trial), else []."""
+    opt = cfg.get("optuna") or {}
+    if opt.get("trial") is None or not opt.get("storage"):
+        return []
+    return [OptunaReporter(opt.study, opt.storage, int(opt.trial), cfg.objective, run_dir=run_dir)]
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
@@ -214,7 +224,7 @@ def write_error_message(err: OSError) -> str | None:
     return f"cannot write {path}: {err.strerror} (fix the permissions or free space, then re-run)"
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
+def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     """Fit one run in `run_dir` holding its lock (<run_dir>/.lock: one writer per run dir); writes status.json
     and returns the objective (NaN when diverged)."""
     lock = RunLock(run_dir) if is_rank_zero_process() else None
@@ -239,7 +249,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             lock.release()
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> float:
+def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     try:
         check_config(cfg)  # the allowed value ranges (neuromf/config_schema.py), before anything is built
     except ValueError as err:
@@ -291,7 +301,16 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     divergence = next(c for c in callbacks if isinstance(c, DivergenceMonitor))
     tracker = next(c for c in callbacks if isinstance(c, ObjectiveTracker))
     objective = tracker.best if tracker.best is not None else math.nan
-    status = "diverged" if divergence.reason else "completed"
+    reporter = next((c for c in callbacks if isinstance(c, OptunaReporter)), None)
+    pruned = reporter is not None and reporter.pruned_step is not None and not divergence.reason
+    status = "diverged" if divergence.reason else "pruned" if pruned else "completed"
+    if pruned:
+        update_status(
+            run_dir,
+            pruned_step=reporter.pruned_step,
+            reason=f"pruned by {reporter.pruner_name} at step {reporter.pruned_step} "
+            f"({cfg.objective}={reporter.pruned_value:.4g})",
+        )
     wandb_id = (run_dir / "wandb_id.txt").read_text().strip() if (run_dir / "wandb_id.txt").exists() else None
     last = str(run_dir / "checkpoints" / "last.ckpt")
     checkpoint_step = checkpoint_io.written.get(last, resume_step if resume else None)
@@ -299,7 +318,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     update_status(
         run_dir,
         status=status,
-        reason=divergence.reason,
+        **({} if pruned else {"reason": divergence.reason}),
         objective=None if math.isnan(objective) else objective,
         best_step=tracker.best_step,
         global_step=trainer.global_step,
@@ -317,6 +336,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         log.error("run diverged: %s (last.ckpt holds step %s, the last finite one)", divergence.reason, checkpoint_step)
         return math.nan
     log.info("run dir: %s  %s = %s", run_dir, cfg.objective, objective)
+    if pruned:
+        return Pruned(step=reporter.pruned_step, value=None if math.isnan(objective) else objective)
     return objective
 
 

@@ -18,6 +18,7 @@ from training_helpers import TINY
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPT = REPO / "scripts" / "slurm-local.sh"
 SLURM_PARTITION = os.environ.get("SLURM_LOCAL_PARTITION", "local")
+POSTGRES_SCRIPT = REPO / "scripts" / "postgres-local.sh"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,25 @@ def slurm_cluster() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return SLURM_PARTITION
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """Starts (installing if needed) a local PostgreSQL (scripts/postgres-local.sh); returns its SQLAlchemy URL.
+    Skipped where it cannot be started, except under CI=true."""
+    try:
+        proc = subprocess.run(["bash", str(POSTGRES_SCRIPT), "start"], capture_output=True, text=True, timeout=600)
+        ok, msg = proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+        if ok:
+            import psycopg2  # noqa: F401  (the driver of postgresql:// URLs)
+    except (OSError, subprocess.TimeoutExpired, ImportError) as err:
+        ok, msg = False, repr(err)
+    if not ok:
+        reason = f"local PostgreSQL could not be started with {POSTGRES_SCRIPT} start ({msg})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return proc.stdout.strip().splitlines()[-1]
 
 
 # A training run that takes seconds on one CPU thread: a tiny UNet, 2 training batches of 2 demo latents, one

@@ -169,9 +169,9 @@ def test_feat3d_logged_cached_and_summarised(tmp_path):
     assert dm.decode_calls == 12 + 8 + 10 + 2 * 10
     assert len(list((tmp_path / "c").glob("eval-reference-*.safetensors"))) == 1
     first = cb.history[0]
-    assert {f"val/{m}/nfe1" for m in ("feat3d_fd", "kid", "precision", "recall", "density", "coverage", "msssim")} <= set(
-        first
-    )
+    assert {
+        f"val/{m}/nfe1" for m in ("feat3d_fd", "kid", "precision", "recall", "density", "coverage", "msssim")
+    } <= set(first)
     assert 0 <= first["val/coverage/nfe1"] <= 1 and 0 < first["val/msssim/nfe1"] <= 1
     assert cb.reference["ref/feat3d_fd/real"] < cb.reference["ref/feat3d_fd/noise"]
     assert "ref/coverage/real" in cb.reference and "ref/msssim/noise" in cb.reference

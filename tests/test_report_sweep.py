@@ -202,3 +202,19 @@ def test_n1_arms_say_no_statistics(tmp_path):
     md = (sd / "report" / "report.md").read_text()
     assert "n = 1: no statistics" in md and "running (1 of 2)" in md and "mean ± std over seeds" not in md
     assert list(res["arms"]["test"]) == ["", "n = 1: no statistics"]
+
+
+def test_an_arm_at_the_noise_level_is_flagged_not_ranked_silently():
+    import pandas as pd
+
+    from neuromf.report import gap_closed, untrained_warnings
+
+    refs = {"noise": 1.15, "real": 0.15}
+    assert gap_closed(1.15, refs) == pytest.approx(0.0) and gap_closed(0.15, refs) == pytest.approx(1.0)
+    assert gap_closed(0.65, refs) == pytest.approx(0.5)
+    # a higher-is-better metric carries its direction in the levels (coverage: noise 0, real 1)
+    assert gap_closed(0.25, {"noise": 0.0, "real": 1.0}, mode="max") == pytest.approx(0.25)
+    arms = pd.DataFrame({"arm": ["a", "b"], "objective mean": [0.3, 1.146]})
+    warnings = untrained_warnings(arms, refs, "min")
+    assert len(warnings) == 1 and "arm b" in warnings[0][1] and "0%" in warnings[0][1]
+    assert untrained_warnings(arms, {}, "min") == []  # no reference levels: nothing claimed

@@ -1,6 +1,7 @@
 """Optuna searches of the real training app on the local SLURM (`sweep=lr_optuna`, i.e. the resumable_optuna
-sweeper, with hydra/launcher=slurm_a100): the study in <sweep dir>/optuna.db resumes when the same command
-runs again, and failed arms are recorded as failed runs and failed trials while the other arms still run.
+sweeper, with hydra/launcher=slurm_a100): the study in <sweep dir>/optuna.journal (storage=auto on SLURM) resumes
+when the same command runs again, and failed arms are recorded as failed runs and failed trials while the other
+arms still run.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import pytest
 import yaml
 from conftest import TINY_EPOCH, TINY_TRAIN, job_dirs, run_overrides, slurm_launcher
 
+from neuromf.sweep.storage import find_storage, open_storage
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _trials(sweep_dir: Path, study_name: str) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert (sweep_dir / "optuna.journal").is_file()  # storage=auto on SLURM: a journal file, not SQLite
+    study = optuna.load_study(study_name=study_name, storage=open_storage(find_storage(sweep_dir)))
     return sorted(study.get_trials(), key=lambda t: t.number)
 
 
@@ -110,6 +114,7 @@ def test_failed_arm_is_recorded_and_the_others_run(slurm_cluster, neuromf_multir
             f"hydra.sweep.dir={sweep}",
             "hydra/sweeper/sampler=grid",  # each JVP exactly once
             "hydra.sweeper.params=null",  # drop lr_optuna's search space; search only the command-line one
+            "hydra.sweeper.baselines=null",
             "hydra.sweeper.n_trials=2",
             "hydra.sweeper.n_jobs=2",
             "hydra.sweeper.max_failure_rate=0.0",

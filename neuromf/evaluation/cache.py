@@ -2,8 +2,9 @@
 
 A key is any JSON-serialisable dict, e.g. ``{"dataset": ..., "preprocessing": ..., "backbone": ...}``;
 its SHA-256 names the file ``<cache_dir>/<backbone name>-<hash16>.safetensors`` (tensors ``<name>/mu``,
-``<name>/sigma``, ``<name>/n``, or any named tensors with ``get_or_compute_tensors``; the full key JSON in the metadata and checked on load). Changing any part
-of the key gives another file, so stale statistics are never reused. Writes are atomic (temp + rename).
+``<name>/sigma``, ``<name>/n``, or any named tensors with ``get_or_compute_tensors``; the full key JSON in
+the metadata and checked on load). Changing any part of the key gives another file, so stale statistics are never
+reused. Writes are atomic (temp + rename).
 Default directory: ``$NEUROMF_CACHE_HOME/eval_stats`` or ``~/.cache/neuromf/eval_stats``.
 """
 
@@ -106,7 +107,9 @@ class StatsCache:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         os.close(fd)
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"key": _canonical(key)})
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"key": _canonical(key)}
+            )
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -277,7 +277,9 @@ class EvaluationCallback(pl.Callback):
         metrics = self.evaluate(trainer, pl_module, epoch)
         seconds = time.perf_counter() - t0
         metrics["val/eval_time_s"] = seconds
-        log.info("evaluation at epoch %d took %.1f s (NFE %s, %d samples)", epoch, seconds, self.nfe_list, self.num_samples)
+        log.info(
+            "evaluation at epoch %d took %.1f s (NFE %s, %d samples)", epoch, seconds, self.nfe_list, self.num_samples
+        )
         logged = dict(metrics)
         if not self._ref_logged and self.reference:
             logged |= self.reference  # once per fit
@@ -421,8 +423,12 @@ class EvaluationCallback(pl.Callback):
         ref = self._reference(trainer, pl_module)
         suite = self._make_suite(trainer.datamodule, pl_module.device)
         base = self._objective_base()
-        feat3d = self._due("val/feat3d_fd", self.feat3d_every_n_epochs, epoch) or base in (*FEAT3D_METRICS, "msssim")
-        fid = self._due("val/fid_mean", self.fid_every_n_epochs, epoch) or base.startswith("fid_")
+        feat3d = self._feat3d is not None and (
+            self._due("val/feat3d_fd", self.feat3d_every_n_epochs, epoch) or base in (*FEAT3D_METRICS, "msssim")
+        )
+        fid = self._fid is not None and (
+            self._due("val/fid_mean", self.fid_every_n_epochs, epoch) or base.startswith("fid_")
+        )
         for ext in (self._feat3d, self._fid):  # setup() ran before the strategy moved the module to its device
             if ext is not None:
                 ext.to(pl_module.device)

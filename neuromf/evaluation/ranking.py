@@ -7,7 +7,7 @@ EvaluationCallback scores generated samples, from best to worst:
 2. ``augmented real`` — the same, lightly augmented: MONAI RandAffine (3 degrees, 3 % scale, 1 voxel; within the
    demo data's own variation) and RandGaussianNoise (std 0.1 of the normalised intensities: off the data);
 3. ``smoothed``       — the same, Gaussian-smoothed (sigma = 1 latent voxel);
-4. ``collapsed``      — 2 of them, each repeated n/2 times with small noise (std 0.05);
+4. ``collapsed``      — one of them repeated n times with small noise (std 0.05): a collapsed sampler;
 5. ``noise``          — Gaussian noise latents of the same shape.
 
     python -m neuromf.evaluation.ranking [--variant small] [--num-samples 16] [--draws 1] [--input-size 64]
@@ -54,7 +54,7 @@ def known_quality_sets(train: torch.Tensor, n: int, seed: int = 0) -> dict[str, 
     augmented = torch.stack([torch.as_tensor(noisy(aff(x))) for x in base])
     smooth = GaussianSmooth(sigma=1.0)
     smoothed = torch.stack([torch.as_tensor(smooth(x)) for x in base])
-    collapsed = base[torch.arange(n) % 2] + 0.05 * torch.randn(base.shape, generator=g)
+    collapsed = base[:1].expand_as(base) + 0.05 * torch.randn(base.shape, generator=g)
     noise = torch.randn(base.shape, generator=g)
     sets = [base, augmented, smoothed, collapsed, noise]
     return {k: v.float().contiguous() for k, v in zip(SET_NAMES, sets, strict=True)}

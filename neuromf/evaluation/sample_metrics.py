@@ -40,7 +40,9 @@ def _features(x: torch.Tensor, name: str, min_n: int) -> torch.Tensor:
     return x.detach().double().cpu()
 
 
-def kid(fake: torch.Tensor, real: torch.Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> float:
+def kid(
+    fake: torch.Tensor, real: torch.Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0
+) -> float:
     """Unbiased MMD^2 with torchmetrics' polynomial kernel: fake (M, F), real (N, F) -> float (M, N >= 2).
 
     MMD^2_u = sum_{i!=j} k(x_i, x_j) / (M (M-1)) + sum_{i!=j} k(y_i, y_j) / (N (N-1)) - 2 sum k(x_i, y_j) / (M N).
@@ -111,7 +113,12 @@ def pairwise_msssim(volumes: torch.Tensor, kernel_size: int = 5, kernel_sigma: f
         )
     else:
         metric = MultiScaleSSIMMetric(
-            spatial_dims=3, data_range=1.0, kernel_size=kernel_size, kernel_sigma=kernel_sigma, weights=weights, reduction="none"
+            spatial_dims=3,
+            data_range=1.0,
+            kernel_size=kernel_size,
+            kernel_sigma=kernel_sigma,
+            weights=weights,
+            reduction="none",
         )
     vals = torch.cat([metric(v[i[a : a + 16]], v[j[a : a + 16]]).flatten() for a in range(0, len(i), 16)])
     out = float(vals.double().mean())

@@ -25,13 +25,18 @@ def _fmt_time(seconds) -> str:
 def progress_lines(sweep_dir: Path, arms: dict[str, str] | None = None) -> dict[str, str]:
     """job name -> one progress line, for every run dir of `sweep_dir` that has a progress.json."""
     lines = {}
-    for path in sorted(Path(sweep_dir).glob("*/progress.json"), key=lambda p: p.parent.name):
+    paths = sorted(Path(sweep_dir).glob("*/progress.json"), key=lambda p: p.parent.name)
+    if arms is None:  # label each arm by the overrides it does not share with every other arm
+        overrides = {p.parent.name: _overrides(p.parent) for p in paths}
+        shared = set.intersection(*map(set, overrides.values())) if len(overrides) > 1 else set()
+        arms = {job: " ".join(o for o in ov if o not in shared) or " ".join(ov) for job, ov in overrides.items()}
+    for path in paths:
         try:
             p = json.loads(path.read_text())
         except (OSError, ValueError):  # being replaced right now: next poll
             continue
         job = path.parent.name
-        label = (arms or {}).get(job) or _overrides(path.parent)
+        label = arms.get(job, "")
         total = f"/{p['total_steps']}" if p.get("total_steps") else ""
         loss = f"  loss_u {p['loss_u']:.3g}" if p.get("loss_u") is not None else ""
         left = "done" if p["state"] == "finished" else f"{_fmt_time(p.get('eta_s'))} left"
@@ -39,13 +44,13 @@ def progress_lines(sweep_dir: Path, arms: dict[str, str] | None = None) -> dict[
     return lines
 
 
-def _overrides(run_dir: Path) -> str:
+def _overrides(run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
-        return ""
+        return []
     import yaml
 
-    return " ".join(yaml.safe_load(path.read_text()) or [])
+    return list(yaml.safe_load(path.read_text()) or [])
 
 
 class SweepProgress(Callback):

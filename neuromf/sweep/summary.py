@@ -4,6 +4,7 @@ multirun."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from pathlib import Path
@@ -11,18 +12,43 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from neuromf.tracking.metrics import load_sweep
-from neuromf.tracking.run import write_json_atomic
+from neuromf.tracking.metrics import load_sweep, read_config
+from neuromf.tracking.run import read_status, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
+def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
+    """For a pruned run: {pruned_step, total_steps, saved_gpu_h}, the device time saved against training to the
+    end, estimated as wall time per step (progress.json) x remaining steps x devices; {} for other runs."""
+    status = read_status(run_dir) if status is None else status
+    if status.get("status") != "pruned":
+        return {}
+    step = status.get("pruned_step", status.get("global_step"))
+    out = {"pruned_step": step, "total_steps": None, "saved_gpu_h": None}
+    try:
+        progress = json.loads((Path(run_dir) / "progress.json").read_text())
+    except (OSError, ValueError):
+        return out
+    total, elapsed, last = progress.get("total_steps"), progress.get("elapsed_s"), progress.get("step")
+    done = (last or 0) - (status.get("resumed_step") or 0)  # steps this process ran in elapsed_s
+    out["total_steps"] = total
+    if total and elapsed and done > 0 and step is not None:
+        trainer = (read_config(Path(run_dir)) or {}).get("trainer") or {}
+        devices = trainer.get("devices", 1)
+        devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
+        nodes = trainer.get("num_nodes", 1) if isinstance(trainer.get("num_nodes", 1), int) else 1
+        out["saved_gpu_h"] = elapsed / done * max(0, total - step) * devices * nodes / 3600
+    return out
+
+
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
-    """One row per run dir of the sweep: job, overrides, status, reason, objective; written as JSON and
-    CSV."""
+    """One row per run dir of the sweep: job, overrides, status, reason, objective, and for pruned runs the
+    step they stopped at and the GPU-hours that saved (estimated); written as JSON and CSV."""
     rows = []
     for run in load_sweep(sweep_dir):
         objective = run.objective if run.objective is not None and math.isfinite(run.objective) else None
+        saved = pruning_savings(run.path, run.status_data)
         rows.append(
             {
                 "job": run.path.name,
@@ -31,6 +57,8 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
                 "reason": run.reason,
                 "objective_key": run.objective_key,
                 "objective": objective,
+                "pruned_step": saved.get("pruned_step"),
+                "saved_gpu_h": saved.get("saved_gpu_h"),
             }
         )
     write_json_atomic(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})
@@ -54,4 +82,7 @@ class SweepSummary(Callback):
             log.warning("no sweep summary: %s", err)
             return
         done = sum(r["status"] == "completed" for r in rows)
-        log.info("sweep summary: %d/%d arms completed -> %s", done, len(rows), sweep_dir / "sweep_summary.csv")
+        pruned = [r for r in rows if r["status"] == "pruned"]
+        saved = sum(r["saved_gpu_h"] or 0 for r in pruned)
+        log.info("sweep summary: %d/%d arms completed, %d pruned (~%.3g GPU-h saved) -> %s", done, len(rows),
+                 len(pruned), saved, sweep_dir / "sweep_summary.csv")  # fmt: skip

@@ -68,7 +68,7 @@ def split_arm(overrides: list[str]) -> tuple[dict[str, str], str | None]:
         key, value = parse_override(str(ov))
         if key in SEED_KEYS or key.endswith(".seed"):
             seed = value
-        elif not key.startswith("hydra."):
+        elif not key.startswith(("hydra.", "optuna.")):  # optuna.*: the trial the sweeper passed, not the arm
             arm[key] = value
     return dict(sorted(arm.items())), seed
 

@@ -19,7 +19,11 @@ def wandb_mode(requested: str | None) -> str:
 
 def override_tags(overrides: list[str]) -> list[str]:
     """['model.conditioning=dual', 'seed=1'] -> ['model.conditioning=dual'] (seeds are replicates, not arms)."""
-    return [o.lstrip("+~") for o in overrides if not o.split("=")[0].endswith("seed") and not o.startswith("hydra")]
+    return [
+        o.lstrip("+~")
+        for o in overrides
+        if not o.split("=")[0].endswith("seed") and not o.lstrip("+~").startswith(("hydra", "optuna."))
+    ]
 
 
 def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
