@@ -100,8 +100,9 @@ def build_model(cfg: dict, seed: int) -> MeanFlowUNet:
     )
 
 
-def train(cfg: dict, seed: int) -> tuple[MeanFlowUNet, MeanFlowUNet]:
-    """Trains on `dataset` (shuffled epochs of `batch`) for `steps` AdamW steps; returns (net, EMA net)."""
+def train(cfg: dict, seed: int, every: int = 0, trace: list | None = None) -> tuple[MeanFlowUNet, MeanFlowUNet]:
+    """Trains on `dataset` (shuffled epochs of `batch`) for `steps` AdamW steps; returns (net, EMA net).
+    every > 0: appends (step, 1-step minority share of net, of EMA net) to `trace` every `every` steps."""
     x, _ = dataset(minority=cfg["minority"], seed=seed)
     net = build_model(cfg, seed)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -125,6 +126,8 @@ def train(cfg: dict, seed: int) -> tuple[MeanFlowUNet, MeanFlowUNet]:
         with torch.no_grad():
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1.0 - decay)
+        if every and (step + 1) % every == 0 and trace is not None:
+            trace.append((step + 1, evaluate(net, nfe_list=(1,))["share1"], evaluate(ema, nfe_list=(1,))["share1"]))
     return net, ema
 
 
@@ -149,13 +152,16 @@ def parse_setting(name: str) -> dict:
     return out
 
 
-def run(name: str, seed: int, steps: int | None = None) -> dict:
+def run(name: str, seed: int, steps: int | None = None, every: int = 0) -> dict:
     cfg = {**BASE, **parse_setting(name)}
     if steps is not None:
         cfg["steps"] = steps
     t0 = time.time()
-    net, ema = train(cfg, seed)
+    trace: list = []
+    net, ema = train(cfg, seed, every, trace)
     row = {"setting": name, "seed": seed, "steps": cfg["steps"], "train_s": round(time.time() - t0, 1)}
+    if trace:
+        row["trace"] = trace
     row.update(evaluate(net))
     row.update({f"ema_{k}": v for k, v in evaluate(ema).items()})
     return row
@@ -178,13 +184,14 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--every", type=int, default=0, help="trace the 1-step share every this many steps")
     p.add_argument("--json", default=None, help="append one JSON line per run to this file")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
     for name in a.settings.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            row = run(name, seed, a.steps)
+            row = run(name, seed, a.steps, a.every)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if a.json:

@@ -33,7 +33,7 @@ from neuromf.tracking.run import flat_config
 # Fallback arm keys when no sweep is given (Hydra config paths, logged as a nested W&B config).
 ARM_KEYS = ("model.prediction_type", "model.conditioning", "loss.norm_p", "optim.lr")
 DEFAULT_NFE = (1, 2, 5)
-OBJECTIVE = "val/swd"
+OBJECTIVE = "val/feat3d_fd/nfe1"
 X_AXIS = STEP_KEY
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 REPLICATE_KEYS = ("seed",)

@@ -115,8 +115,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
         if cb.early_stopping.enabled:
             callbacks.append(
                 EarlyStopping(
-                    monitor="val/swd",
-                    mode="min",
+                    monitor=cfg.objective,
+                    mode=cfg.objective_mode,
                     patience=cb.early_stopping.patience,
                     min_delta=cb.early_stopping.min_delta,
                     check_finite=False,

@@ -22,8 +22,11 @@ def _arm(sweep, job: str, overrides: list[str], **progress) -> None:
 
 
 def test_lines_name_the_arm_its_step_loss_and_time_left(tmp_path):
-    _arm(tmp_path, "0", ["v_head=res0", "sweep=demo"], state="training", step=40, total_steps=120, loss_u=0.5, eta_s=125)
-    _arm(tmp_path, "1", ["v_head=off", "sweep=demo"], state="finished", step=120, total_steps=120, loss_u=0.25, eta_s=0)
+    _arm(
+        tmp_path, "0", ["v_head=res0", "sweep=demo"], state="training", step=40, total_steps=120, loss_u=0.5, eta_s=125
+    )
+    done = dict(state="finished", step=120, total_steps=120, loss_u=0.25, eta_s=0)
+    _arm(tmp_path, "1", ["v_head=off", "sweep=demo"], **done)
     lines = progress_lines(tmp_path)
     assert lines["0"] == "[arm 0: v_head=res0] training step 40/120  loss_u 0.5  2m05s left"
     assert lines["1"] == "[arm 1: v_head=off] finished step 120/120  loss_u 0.25  done"

@@ -35,8 +35,8 @@ def make_pruner(config):
     import optuna
     from hydra.utils import instantiate
 
-    if not config:
-        return optuna.pruners.NopPruner()
+    if not config or str(config.get("_target_", "")).endswith("NopPruner"):  # pruner=none under a sweep file's
+        return optuna.pruners.NopPruner()  # warm-up keys for another pruner
     return instantiate(config, _execution_whitelist_=("optuna.pruners.*",))
 
 

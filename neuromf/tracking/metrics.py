@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-DEFAULT_OBJECTIVE = "val/swd"
+DEFAULT_OBJECTIVE = "val/feat3d_fd/nfe1"
 SEED_KEYS = ("seed",)  # override keys that identify a replicate, not an ablation arm
 
 

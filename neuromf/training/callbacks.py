@@ -172,7 +172,7 @@ class SampleCollector(pl.Callback):
 class ObjectiveTracker(pl.Callback):
     """Keeps the best value of the sweep objective (`key`, minimised or maximised) seen at validation ends."""
 
-    def __init__(self, key: str = "val/swd", mode: str = "min"):
+    def __init__(self, key: str = "val/feat3d_fd/nfe1", mode: str = "min"):
         if mode not in ("min", "max"):
             raise ValueError(f"objective_mode={mode!r}: expected min or max")
         self.key, self.mode = key, mode
