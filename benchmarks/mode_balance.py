@@ -69,7 +69,7 @@ def templates(size: int = SIZE) -> Tensor:
 
 
 def dataset(n: int = 256, minority: float = 0.375, noise: float = 0.1, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """x (n, 1, S, S, S) = template_k + noise * N(0, I) with exactly round(minority n) samples of mode 1; labels k (n,)."""
+    """x (n, 1, S, S, S) = template_k + noise * N(0, I), exactly round(minority n) of mode 1; labels k (n,)."""
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(n) < round(minority * n)).long()
     labels = labels[torch.randperm(n, generator=g)]
@@ -168,12 +168,13 @@ def run(name: str, seed: int, steps: int | None = None, every: int = 0) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| setting | seed | steps | share 1-step | share 4-step | EMA share 1 | EMA share 4 | sharp 1 | EMA sharp 1 | s |"
+    head = "| setting | seed | steps | share 1 | share 4 | EMA share 1 | EMA share 4 | sharp 1 | EMA sharp 1 | s |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         lines.append(
             f"| {r['setting']} | {r['seed']} | {r['steps']} | {r['share1']:.2f} | {r['share4']:.2f} | "
-            f"{r['ema_share1']:.2f} | {r['ema_share4']:.2f} | {r['sharp1']:.3f} | {r['ema_sharp1']:.3f} | {r['train_s']} |"
+            f"{r['ema_share1']:.2f} | {r['ema_share4']:.2f} | {r['sharp1']:.3f} | {r['ema_sharp1']:.3f} | "
+            f"{r['train_s']} |"
         )
     return "\n".join(lines)
 

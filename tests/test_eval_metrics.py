@@ -65,3 +65,16 @@ def test_too_few_samples_are_skipped_with_a_log_line(caplog):
     ]
     with pytest.raises(ValueError, match="at least 4"):
         prdc(_feats(3, 0), _feats(10, 1), k=3)
+
+
+def test_template_correlation_known_answers():
+    from neuromf.evaluation.suite import template_correlation
+
+    g = torch.Generator().manual_seed(0)
+    template = torch.randn(1, 8, 8, 8, generator=g)
+    noise = torch.randn(64, 1, 8, 8, 8, generator=g)
+    sets = torch.stack([3 * template + 1, -template, template + noise[0]])
+    corr = template_correlation(sets, template)
+    assert corr[0] == pytest.approx(1.0) and corr[1] == pytest.approx(-1.0)
+    assert corr[2] == pytest.approx(1 / 2**0.5, abs=0.1)  # equal-variance signal + independent noise
+    assert template_correlation(noise, template).abs().mean() < 0.1

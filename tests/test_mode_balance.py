@@ -39,7 +39,8 @@ def test_templates_and_assignment_have_known_answers():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_coverage_and_recall_see_a_missing_mode(seed):
     """Real set: the 62.5/37.5 mix. A set of majority-only samples covers at most the majority reals (coverage
-    <= 40/64, recall about half) while a set drawn from the true mix covers nearly all; precision cannot tell them apart."""
+    <= 40/64, recall about half) while a set drawn from the true mix covers nearly all; precision cannot tell
+    them apart. Features: raw flattened volumes (B, 4096) and 4^3 average pools (B, 64)."""
     real, _ = mb.dataset(n=64, seed=100 + seed)
     balanced, _ = mb.dataset(n=64, seed=200 + seed)
     g = torch.Generator().manual_seed(300 + seed)

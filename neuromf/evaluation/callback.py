@@ -376,6 +376,8 @@ class EvaluationCallback(pl.Callback):
         if self._dkey is None:  # hashing the reference set once per fit is enough
             self._dkey = self._dataset_key(dm, real)
         train = self._train_latents(dm) if self.reference_levels else None
+        # the mean training volume (or of the validation set): template_corr checks samples have brain structure
+        template = (train if train is not None else real).mean(0)
         key = {
             "dataset": self._dkey,
             "backbone": {"backbone": "eval-reference"},
@@ -383,6 +385,7 @@ class EvaluationCallback(pl.Callback):
             "levels": self.reference_levels,
             "num_samples": self.num_samples,
             "train": tensor_fingerprint(train) if train is not None else None,
+            "template": "mean of the training reference latents",  # template_corr levels are part of the cache
         }
 
         def compute() -> dict[str, torch.Tensor]:
@@ -390,6 +393,7 @@ class EvaluationCallback(pl.Callback):
                 if ext is not None:
                     ext.to(pl_module.device)
             ref = suite.reference(real)
+            ref.extra["template"] = template
             t: dict[str, torch.Tensor] = {}
             if ref.feat3d is not None:
                 t["real/feat3d"] = ref.feat3d
@@ -414,7 +418,9 @@ class EvaluationCallback(pl.Callback):
                 p: FeatureStats.from_tensors({q: t[f"real/fid/{p}/{q}"] for q in ("mu", "sigma", "n")}) for p in planes
             }
         msssim = float(t["real/msssim"]) if "real/msssim" in t else None
-        self._ref = RealReference(latents=real, feat3d=t.get("real/feat3d"), fid=fid, msssim=msssim)
+        self._ref = RealReference(
+            latents=real, feat3d=t.get("real/feat3d"), fid=fid, msssim=msssim, extra={"template": template}
+        )
         self.reference = {k: float(v) for k, v in t.items() if k.startswith("ref/")}
         return self._ref
 

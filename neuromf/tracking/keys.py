@@ -12,7 +12,7 @@ from typing import Any
 from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED
 
 STEP_KEY = "trainer/global_step"  # Lightning's WandbLogger x axis
-LATENT_METRICS = ("swd", "swd_patch")
+LATENT_METRICS = ("swd", "swd_patch", "template_corr", "template_corr_min")  # on latents: always computed
 FID_METRICS = ("fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
 LEGACY = ("swd", "swd_patch", "feat3d_fd", *FID_METRICS)  # val/<m> = val/<m>/nfe<first NFE>
 _BASE = re.compile(r"^(?:val|ref)/([^/]+)")
