@@ -57,7 +57,7 @@ def _fit_adaptive(norm_p: float, a0: float, steps: int = 300) -> float:
     x_hat = T0 + a (T1 - T0) (u = eps - x_hat, target v = eps - x, so Delta_u = x - x_hat), minimised by
     gradient descent with the objective's stop-gradient adaptive weight. Returns the final a (0 = majority
     template, 1 = minority template, 0.375 = the conditional mean E[x], i.e. the true marginal velocity)."""
-    x, _ = mb.dataset(n=256, minority=0.375)  # (256, 1, 16, 16, 16)
+    x, _ = mb.dataset(n=64, minority=0.375)  # (64, 1, 16, 16, 16), 24 of mode 1
     t0, t1 = mb.templates()
     a = torch.tensor(a0, dtype=torch.float64, requires_grad=True)
     obj = mb.MeanFlowObjective(norm_p=norm_p)
@@ -68,7 +68,7 @@ def _fit_adaptive(norm_p: float, a0: float, steps: int = 300) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(a)
+    return float(a.detach())
 
 
 def test_adaptive_weight_is_mode_seeking_on_a_two_mode_target():
@@ -87,10 +87,14 @@ def test_one_step_samples_keep_the_mode_shares():
     """Tiny MAISI MeanFlowUNet (8-16-16), iMF, 300 steps of batch 16 on the 62.5/37.5 two-mode data, with the
     configuration measured in benchmarks/mode_balance.py (setting "uniform": t, r from uniform pairs so the
     window t > 0.94 where the mode is decided is trained; EMA weights): 1-step samples are sharp and put
-    0.375 +- 0.125 of their mass in the minority mode (measured: see benchmarks/mode_balance.py)."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    cfg = {**mb.BASE, **mb.SETTINGS["uniform"]}
-    _, ema = mb.train(cfg, seed=0)
+    0.375 +- 0.125 of their mass in the minority mode. Measured (EMA, 1 step) at seeds 0, 1, 2: 0.36, 0.31, 0.41,
+    sharpness 0.99, 0.99, 0.98; the default logit-normal(-0.4, 1) gave 0.23 and 0.00 (seeds 0, 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    try:
+        _, ema = mb.train({**mb.BASE, **mb.SETTINGS["uniform"]}, seed=0)
+    finally:
+        torch.set_num_threads(threads)
     res = mb.evaluate(ema, n=64, nfe_list=(1,))
     assert res["sharp1"] > 0.95  # sharp: median correlation with the nearest template (a blend has ~0.8)
     assert abs(res["share1"] - 0.375) <= 0.125

@@ -10,7 +10,7 @@ import pytest
 
 from neuromf.dashboards import main, panel_keys, sweep_plan, varying_keys
 
-# Two runs of `sweep=demo` (v_head=res0 / v_head=off, tiny settings) recorded with the current code: their
+# Two runs of `sweep=demo` (v_head=res0 / v_head=off) recorded with scripts/record_logged_keys.py: their
 # composed configs and every key they logged (metrics.csv columns + W&B media keys).
 RECORDED = Path(__file__).parent / "data" / "demo_sweep_logged"
 
@@ -48,7 +48,7 @@ def test_panels_are_exactly_the_logged_keys(built):
     unshown = {k for k in logged - shown if not any(re.fullmatch(rx, k) for rx in regex)}
     assert unshown == set(), f"logged keys on no panel: {sorted(unshown)}"
     assert "train/peak_mem_gb" not in shown and not any("fid" in k for k in shown)  # CPU, no FID weights
-    assert {"ref/kid/real", "ref/kid/noise", "samples/nfe_5"} <= shown and "samples/nfe_4" not in shown
+    assert {"ref/kid/real", "ref/kid/noise", "samples/nfe_10"} <= shown and "samples/nfe_4" not in shown
 
 
 def test_arms_fall_into_different_groups(built):
