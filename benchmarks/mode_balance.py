@@ -13,13 +13,14 @@ Settings (comma list): names in SETTINGS, or `key=value` overrides joined by `+`
 --every N traces the 1-step share of the trained and EMA weights every N steps.
 
 Measured (2 CPU cores shared, 300 steps, lr 1e-3, batch 16; `--settings default,uniform,uniform-l2 --seeds
-0,1,2 --steps 300 --every 50`): 1-step EMA minority share default (logit-normal -0.4, 1) 0.23 and 0.00 (seeds
-0, 1; the EMA share drifts 0.28 -> 0.48 -> 0.00 within seed 1's run), uniform 0.36, 0.31, 0.41 (sharpness
-0.98-0.99), uniform with L2 (norm_p 0) not trained in 300 steps (sharpness 0.25-0.36). Why: with 4096 voxels
-the posterior of the mode given z_t is mixed only for t in ~[0.94, 0.99] (the mode is decided there); the max
-of two logit-normal(-0.4, 1) draws falls there with probability ~1e-3 (uniform pairs: 0.12), so that window is
-barely trained and the split is extrapolated; the adaptive weight 1/sg(d + c) (norm_p 1) is mode-seeking where
-the posterior is mixed (tests/test_mode_balance.py), which pulls towards the majority.
+0,1,2 --steps 300 --every 50`): 1-step EMA minority share default (logit-normal -0.4, 1) 0.23, 0.00, 0.30
+(seeds 0, 1, 2; sharpness 0.92, 0.99, 0.78; the EMA share drifts 0.28 -> 0.48 -> 0.00 within seed 1's run and
+0.72 -> 0.23 -> 0.42 within seed 2's), uniform 0.36, 0.31, 0.41 (sharpness 0.98-0.99), uniform with L2
+(norm_p 0) not trained in 300 steps (sharpness 0.25-0.36). Why: with 4096 voxels the posterior of the mode
+given z_t is mixed only for t in ~[0.94, 0.99] (the mode is decided there); the max of two logit-normal(-0.4, 1)
+draws falls there with probability ~1e-3 (uniform pairs: 0.12), so that window is barely trained and the split
+is extrapolated; the adaptive weight 1/sg(d + c) (norm_p 1) is mode-seeking where the posterior is mixed
+(tests/test_mode_balance.py), which pulls towards the majority.
 """
 
 from __future__ import annotations
