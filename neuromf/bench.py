@@ -2,7 +2,9 @@
 
     python -m neuromf.bench --preset cpu-small|maisi [--batch 8] [--dtype bf16|fp32] [--steps 10] [--warmup 3]
         [--strategies fm,meanflow,imf,jvp_only] [--jvp exact,fd,exact_fused] [--compile] [--channels-last]
-        [--checkpointing] [--optimizer] [--out benchmarks/<name>.json]
+        [--checkpointing] [--optimizer] [--baseline other.json ...] [--out benchmarks/<name>.json]
+    python -m neuromf.bench --check a.json b.json ... [--out benchmarks/<name>.json]
+        (re-checks the step-time targets of finished runs against the fastest FM step among them, no timing)
     python -m neuromf.bench --cost --preset cpu-small|maisi [--bf16-size 16] [--out benchmarks/cost_<preset>.json]
         (GPU-free FLOP / saved-byte counts and the largest batch per GPU size: neuromf/bench_cost.py)
 
@@ -13,6 +15,11 @@ former form (a v-head pass with its graph). `jvp_only` times torch.func.jvp alon
 Timing: CUDA events (or perf_counter on CPU) after warm-up, median of `steps`. Memory:
 torch.cuda.max_memory_allocated per case (CUDA only) and, on every device, the bytes of tensors saved for backward by
 one step (autograd saved-tensor hooks, deduplicated by storage).
+Achieved TFLOP/s per case: the FLOPs of one step counted with FlopCounterMode (neuromf.bench_cost.count_flops, the
+eager step's FLOPs: a compiled function runs eagerly under the counter) / the median step time.
+Step-time targets (issue 13): MeanFlow <= 1.5x and iMF <= 2.0x the *fastest* FM step measured, compiled or eager: a
+`--compile` run also times the eager FM step (`fm_eager`, on an uncompiled copy of the network), `--baseline` adds the
+FM rows of other runs (same device, preset, batch, dtype) and `--check` re-checks finished runs against each other.
 An out-of-memory case is recorded as "OOM". Prints a table and writes JSON (ratios to the flow-matching step).
 Latents: (B, C, D, H, W).
 """
@@ -35,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from neuromf.bench_cost import count_flops
 from neuromf.meanflow import MeanFlowObjective
 from neuromf.meanflow.jvp import JVP_STRATEGIES, jvp_exact
 from neuromf.models import MeanFlowUNet
@@ -76,7 +84,10 @@ PRESETS = {
 }
 STRATEGIES = ("fm", "meanflow", "imf", "imf_separate", "jvp_only")
 IMF_KINDS = ("imf", "imf_separate")
-TARGETS = {"meanflow_ms_ratio_max": 1.5, "imf_ms_ratio_max": 2.4, "peak_ratio_max": 1.2, "imf_samples_per_s_min": 30}
+# step times: ratio to the fastest FM step (compiled or eager) at the maisi preset on an H100, bf16, batch >= 8
+TARGETS = {"meanflow_ms_ratio_max": 1.5, "imf_ms_ratio_max": 2.0, "peak_ratio_max": 1.2, "imf_samples_per_s_min": 30}
+# what must agree for two runs' step times to be compared (`--baseline`, `--check`)
+COMPARABLE = ("preset", "batch", "dtype", "tf32", "channels_last", "checkpointing", "optimizer", "flash_attention")
 
 
 def _csv(s: str) -> list[str]:
@@ -126,6 +137,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (written atomically)")
+    p.add_argument(
+        "--flops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count each case's FLOPs (one more step under FlopCounterMode) for the achieved TFLOP/s",
+    )
+    p.add_argument(
+        "--baseline",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="bench JSONs whose FM rows (same device and settings) join this run's as the FM step to beat",
+    )
+    p.add_argument(
+        "--check",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="no run: re-check the targets of these bench JSONs against the fastest FM step among them",
+    )
     p.add_argument("--cost", action="store_true", help="count FLOPs / saved bytes (no timing) and fit the batch")
     p.add_argument(
         "--bf16-size", type=int, default=None, help="--cost: cube edge of the bf16 ratio count (0: skip bf16)"
@@ -207,11 +238,12 @@ def build_model(cfg: dict, use_v_head: bool, args, device) -> MeanFlowUNet:
 
 
 def make_step(kind: str, jvp: str | None, model, args, device, x: torch.Tensor):
-    """Returns (step(), forward_only()) closures; forward_only builds the graph and returns the loss."""
+    """Returns (step(), forward_only()) closures; forward_only builds the graph and returns the loss. The compiled
+    functions are used when the model carries them (`run` attaches them under --compile)."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext()
     gen = torch.Generator(device=device).manual_seed(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.optimizer else None
-    derivative = getattr(model, "_bench_derivative", {}).get(jvp) if args.compile else None
+    derivative = getattr(model, "_bench_derivative", {}).get(jvp)
     form = "separate" if kind == "imf_separate" else "shared"
     obj = (
         MeanFlowObjective(jvp=jvp or "exact", derivative_fn=derivative, imf_v_loss=form)
@@ -249,8 +281,13 @@ def make_step(kind: str, jvp: str | None, model, args, device, x: torch.Tensor):
     return step, forward
 
 
-def run_case(name: str, kind: str, jvp: str | None, model, args, device, x, timer) -> dict:
-    row = {"case": name, "kind": kind, "jvp": jvp, "status": "ok"}
+def achieved_tflops(flops: float, ms: float) -> float:
+    """TFLOP/s of a step of `flops` FLOPs that took `ms` milliseconds."""
+    return flops / (ms * 1e-3) / 1e12
+
+
+def run_case(name: str, kind: str, jvp: str | None, model, args, device, x, timer, compiled: bool = False) -> dict:
+    row = {"case": name, "kind": kind, "jvp": jvp, "compiled": compiled, "status": "ok"}
     step, forward = make_step(kind, jvp, model, args, device, x)
     cuda = device.type == "cuda"
     try:
@@ -270,6 +307,9 @@ def run_case(name: str, kind: str, jvp: str | None, model, args, device, x, time
         row["ms_all"] = [round(v, 3) for v in times]
         row["samples_per_s"] = args.batch / (row["ms_median"] / 1e3)
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+        if args.flops:  # one more step, under the counter (after the timing and the peak memory)
+            row["flops"] = count_flops(step)
+            row["tflops_per_s"] = achieved_tflops(row["flops"], row["ms_median"])
         if kind != "jvp_only":
             row["saved_gib"] = saved_tensor_bytes(forward) / 2**30
         else:
@@ -287,9 +327,31 @@ def run_case(name: str, kind: str, jvp: str | None, model, args, device, x, time
     return row
 
 
-def add_ratios(results: list[dict]) -> None:
-    """Ratios of time, peak memory and saved-activation memory to the flow-matching step (None if unavailable)."""
+def fm_rows(results: list[dict], source: str = "this run") -> list[dict]:
+    """The measured FM steps of one run as baseline candidates: {case, ms_median, compiled, source}."""
+    return [
+        {"case": r["case"], "ms_median": r["ms_median"], "compiled": bool(r.get("compiled")), "source": source}
+        for r in results
+        if r["kind"] == "fm" and r["status"] == "ok" and r.get("ms_median")
+    ]
+
+
+def fastest_fm(results: list[dict], baselines: list[dict] = (), source: str = "this run") -> dict | None:
+    """The FM step to beat: the fastest of this run's FM rows and `baselines` (fm_rows of comparable runs), with
+    `measured`: which of eager / compiled FM were timed at all (None when no FM step was measured)."""
+    rows = fm_rows(results, source) + list(baselines)
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: r["ms_median"])
+    return {**best, "measured": sorted({"compiled" if r["compiled"] else "eager" for r in rows})}
+
+
+def add_ratios(results: list[dict], baselines: list[dict] = (), source: str = "this run") -> dict | None:
+    """Ratios of time, peak memory and saved-activation memory to this run's (first) FM step, and of time to the
+    fastest FM step (`fastest_fm`: compiled or eager, this run or `baselines`); None where unavailable. Returns the
+    fastest FM."""
     fm = next((r for r in results if r["kind"] == "fm" and r["status"] == "ok"), None)
+    best = fastest_fm(results, baselines, source)
     for r in results:
         for key, ref in (
             ("ms_median", "ratio_ms_to_fm"),
@@ -298,17 +360,24 @@ def add_ratios(results: list[dict]) -> None:
         ):
             a, b = r.get(key), (fm or {}).get(key)
             r[ref] = a / b if r["status"] == "ok" and a is not None and b else None
+        ok = r["status"] == "ok" and r.get("ms_median") is not None and best is not None
+        r["ratio_ms_to_best_fm"] = r["ms_median"] / best["ms_median"] if ok else None
+    return best
 
 
 def check_targets(results: list[dict]) -> dict:
-    """The issue's targets (meaningful for the maisi preset on an H100, bf16, batch >= 8)."""
+    """The issue's targets (meaningful for the maisi preset on an H100, bf16, batch >= 8): step time as a ratio to
+    the fastest FM step (`ratio_ms_to_best_fm`, set by add_ratios), peak memory to this run's FM step."""
     out = {}
     for r in results:
         if r["status"] != "ok" or r["kind"] not in ("meanflow", *IMF_KINDS):
             continue
         lim = TARGETS["imf_ms_ratio_max" if r["kind"] in IMF_KINDS else "meanflow_ms_ratio_max"]
+        ratio = r.get("ratio_ms_to_best_fm")
         out[r["case"]] = {
-            "ms_ratio_ok": r["ratio_ms_to_fm"] is not None and r["ratio_ms_to_fm"] <= lim,
+            "ms_ratio_to_best_fm": ratio,
+            "ms_ratio_max": lim,
+            "ms_ratio_ok": ratio is not None and ratio <= lim,
             "peak_ratio_ok": None
             if r["ratio_peak_to_fm"] is None
             else r["ratio_peak_to_fm"] <= TARGETS["peak_ratio_max"],
@@ -327,7 +396,10 @@ def _fmt(v, spec: str) -> str:
 
 
 def format_table(results: list[dict]) -> str:
-    head = f"{'case':<24}{'ms':>10}{'x FM':>8}{'peak GiB':>10}{'x FM':>7}{'saved GiB':>11}{'x FM':>7}{'samples/s':>11}"
+    head = (
+        f"{'case':<24}{'ms':>10}{'x FM':>8}{'x best':>8}{'peak GiB':>10}{'x FM':>7}{'saved GiB':>11}{'x FM':>7}"
+        f"{'samples/s':>11}{'TFLOP/s':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         if r["status"] != "ok":
@@ -335,9 +407,10 @@ def format_table(results: list[dict]) -> str:
             continue
         lines.append(
             f"{r['case']:<24}{_fmt(r['ms_median'], '10.1f')}{_fmt(r['ratio_ms_to_fm'], '8.2f')}"
+            f"{_fmt(r.get('ratio_ms_to_best_fm'), '8.2f')}"
             f"{_fmt(r['peak_gib'], '10.2f')}{_fmt(r['ratio_peak_to_fm'], '7.2f')}"
             f"{_fmt(r['saved_gib'], '11.3f')}{_fmt(r['ratio_saved_to_fm'], '7.2f')}"
-            f"{_fmt(r['samples_per_s'], '11.1f')}"
+            f"{_fmt(r['samples_per_s'], '11.1f')}{_fmt(r.get('tflops_per_s'), '9.3f')}"
         )
     return "\n".join(lines)
 
@@ -350,10 +423,66 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def device_name(device: torch.device) -> str:
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    )
+
+
+def comparable(a: dict, b: dict) -> list[str]:
+    """What differs between two bench payloads that makes their step times incomparable ([] if nothing)."""
+    out = ["device"] if a["device"] != b["device"] else []
+    return out + [k for k in COMPARABLE if a["config"].get(k) != b["config"].get(k)]
+
+
+def load_bench_json(path: str | Path) -> dict:
+    payload = json.loads(Path(path).read_text())
+    if "results" not in payload or "config" not in payload or payload["config"].get("cost"):
+        raise ValueError(f"{path}: not a timing JSON of python -m neuromf.bench")
+    return payload
+
+
+def baseline_rows(paths, reference: dict) -> list[dict]:
+    """fm_rows of the bench JSONs at `paths`; ValueError naming the file and the keys when one is not comparable with
+    `reference` (a payload: device and the COMPARABLE settings must agree)."""
+    rows = []
+    for path in paths:
+        other = load_bench_json(path)
+        diff = comparable(reference, other)
+        if diff:
+            raise ValueError(f"--baseline {path}: not comparable with this run ({', '.join(diff)} differ)")
+        rows += fm_rows(other["results"], source=str(path))
+    return rows
+
+
+Case = tuple[str, str, str | None, bool, bool]  # name, kind, jvp, use_v_head, compiled
+
+
+def bench_cases(strategies: list[str], jvps: list[str], compile_: bool) -> list[Case]:
+    """The cases to time, in order. FM is always timed (every ratio needs it); under compile
+    also its eager form, first (`fm_eager`, on an uncompiled copy): the targets compare with the faster of the two."""
+    cases = []
+    for kind in strategies:
+        if kind == "fm":
+            cases.append(("fm", "fm", None, False, compile_))
+        elif kind == "jvp_only":
+            cases.append(("jvp_only/exact", "jvp_only", "exact", False, False))
+        else:
+            cases += [(f"{kind}/{j}", kind, j, kind in IMF_KINDS, compile_) for j in jvps]
+    if not any(k[1] == "fm" for k in cases):
+        cases.insert(0, ("fm", "fm", None, False, compile_))
+    if compile_:
+        cases.insert(0, ("fm_eager", "fm", None, False, False))
+    return cases
+
+
 def run(args: argparse.Namespace, on_update=None) -> dict:
     """Runs every case; `on_update(payload)` is called after each one (the CLI rewrites the JSON, so a run cut short
     keeps the cases already measured)."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    baselines = baseline_rows(args.baseline, _payload(args, device, {}, [], None)) if args.baseline else []
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
@@ -366,71 +495,98 @@ def run(args: argparse.Namespace, on_update=None) -> dict:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     timer = _Timer(device)
 
-    cases: list[tuple[str, str, str | None, bool]] = []  # name, kind, jvp, use_v_head
-    for kind in args.strategies:
-        if kind == "fm":
-            cases.append(("fm", "fm", None, False))
-        elif kind == "jvp_only":
-            cases.append(("jvp_only/exact", "jvp_only", "exact", False))
-        else:
-            cases += [(f"{kind}/{j}", kind, j, kind in IMF_KINDS) for j in args.jvp]
-    if not any(c[1] == "fm" for c in cases):
-        cases.insert(0, ("fm", "fm", None, False))  # every ratio needs the baseline
-
-    models: dict[bool, MeanFlowUNet] = {}
+    cases = bench_cases(args.strategies, args.jvp, args.compile)
+    models: dict[tuple[bool, bool], MeanFlowUNet] = {}
     n_params: dict[str, float] = {}
-    results = []
-    for name, kind, jvp, v_head in cases:
-        if v_head not in models:
+    results: list[dict] = []
+    best = None
+    for name, kind, jvp, v_head, compiled in cases:
+        if (v_head, compiled) not in models:
             models.clear()
             gc.collect()
-            models[v_head] = build_model(preset["model"], v_head, args, device)
-            n_params["imf" if v_head else "meanflow"] = sum(p.numel() for p in models[v_head].parameters()) / 1e6
-            if args.compile:
-                m = models[v_head]
+            m = models[v_head, compiled] = build_model(preset["model"], v_head, args, device)
+            n_params["imf" if v_head else "meanflow"] = sum(p.numel() for p in m.parameters()) / 1e6
+            if compiled:
                 m._bench_derivative = {
                     j: compiled_time_derivative(m, j, mode=args.compile_mode) for j in JVP_STRATEGIES
                 }
                 m._bench_forward = m._bench_derivative["exact"].forward
                 if v_head:
                     m.v = torch.compile(m.v, mode=args.compile_mode)
-        row = run_case(name, kind, jvp, models[v_head], args, device, x, timer)
+        row = run_case(name, kind, jvp, models[v_head, compiled], args, device, x, timer, compiled=compiled)
         print(
             f"  {name}: {row['status']}" + (f" {row['ms_median']:.1f} ms" if row["status"] == "ok" else ""),
             file=sys.stderr,
             flush=True,
         )
         results.append(row)
-        add_ratios(results)
+        best = add_ratios(results, baselines)
         if on_update is not None:
-            on_update(_payload(args, device, n_params, results))
-    return _payload(args, device, n_params, results)
+            on_update(_payload(args, device, n_params, results, best))
+    return _payload(args, device, n_params, results, best)
 
 
-def _payload(args, device, n_params: dict, results: list[dict]) -> dict:
+def _payload(args, device, n_params: dict, results: list[dict], best: dict | None) -> dict:
     preset = PRESETS[args.preset]
     return {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+        "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(),
         "command": "python -m neuromf.bench " + " ".join(args.argv),
         "config": {
-            **{k: v for k, v in vars(args).items() if k not in ("out", "argv")},
+            **{k: v for k, v in vars(args).items() if k not in ("out", "argv", "check")},
             "model": preset["model"],
             "latent_shape": preset["shape"],
             "params_m": n_params,
         },
         "results": results,
+        "fm_baseline": best,
         "targets": {"limits": TARGETS, "checks": check_targets(results)},
+    }
+
+
+def check_runs(paths: list[str]) -> dict:
+    """`--check`: the targets of every MeanFlow / iMF row of these bench JSONs against the fastest FM step among all
+    of them (ValueError when their device or settings differ)."""
+    payloads = [load_bench_json(p) for p in paths]
+    for path, other in zip(paths[1:], payloads[1:], strict=True):
+        diff = comparable(payloads[0], other)
+        if diff:
+            raise ValueError(f"--check {path}: not comparable with {paths[0]} ({', '.join(diff)} differ)")
+    candidates = [row for path, pl in zip(paths, payloads, strict=True) for row in fm_rows(pl["results"], path)]
+    runs = []
+    for path, pl in zip(paths, payloads, strict=True):
+        best = add_ratios(pl["results"], [r for r in candidates if r["source"] != path], source=path)
+        runs.append({"source": path, "command": pl["command"], "results": pl["results"], "fm_baseline": best})
+    checks = {f"{r['source']}:{case}": v for r in runs for case, v in check_targets(r["results"]).items()}
+    return {
+        "device": payloads[0]["device"],
+        "command": "python -m neuromf.bench --check " + " ".join(paths),
+        "fm_baseline": fastest_fm([], candidates),
+        "runs": runs,
+        "targets": {"limits": TARGETS, "checks": checks},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check:
+        payload = check_runs(args.check)
+        for run_ in payload["runs"]:
+            print(f"{run_['source']}\n{format_table(run_['results'])}")
+        best = payload["fm_baseline"]
+        if best is not None:
+            print(f"fastest FM step: {best['ms_median']:.1f} ms ({best['source']}: {best['case']})")
+        for case, v in payload["targets"]["checks"].items():
+            verdict = "ok" if v["ms_ratio_ok"] else "MISSED"
+            ratio = _fmt(v["ms_ratio_to_best_fm"], "5.2f")
+            print(f"  {case}: {ratio}x the fastest FM step (<= {v['ms_ratio_max']}) {verdict}")
+        if args.out:
+            write_json_atomic(Path(args.out), payload)
+            print(f"wrote {args.out}")
+        return 0
     if args.cost:
         from neuromf.bench_cost import format_cost_table, run_cost
 
@@ -446,12 +602,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out}")
         return 0
     payload = run(args, on_update=(lambda p: write_json_atomic(Path(args.out), p)) if args.out else None)
+    best = payload["fm_baseline"]
     print(
         f"{payload['device']} | torch {payload['torch']} | {args.preset} batch {args.batch} {args.dtype}"
         f"{' compile' if args.compile else ''}{' channels-last' if args.channels_last else ''}"
         f"{' checkpointing' if args.checkpointing else ''} | params {payload['config']['params_m']}"
     )
     print(format_table(payload["results"]))
+    if best is not None:
+        print(
+            f"x best: ratio to the fastest FM step, {best['ms_median']:.1f} ms ({best['source']}: {best['case']};"
+            f" FM measured: {', '.join(best['measured'])})"
+        )
     if args.out:
         write_json_atomic(Path(args.out), payload)
         print(f"wrote {args.out}")

@@ -100,6 +100,15 @@ def _cuda_autocast_policy():
         F.group_norm, F.softmax, torch.Tensor.softmax = gn, sm, tsm
 
 
+def count_flops(step) -> int:
+    """FLOPs that FlopCounterMode counts while step() runs (conv/matmul/attention, forward-mode tangent ops included,
+    elementwise ops not). A torch.compile'd function runs eagerly under the counter: its eager FLOPs are counted."""
+    counter = FlopCounterMode(display=False)
+    with _countable_forward_ad(), counter:
+        step()
+    return counter.get_total_flops()
+
+
 def checkpoint_blocks(model: MeanFlowUNet) -> dict[str, torch.nn.Module]:
     """The blocks `enable_gradient_checkpointing` wraps, by name."""
     unet = model.unet

@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
-from training_helpers import TINY
+from training_helpers import TINY, tiny_cfg
 
+import neuromf.train as train_app
 from neuromf.models import MeanFlowUNet
 from neuromf.models.maisi_init import MaisiInitError, init_from_maisi
+from neuromf.tracking.run import read_status
 
 REPO = Path(__file__).resolve().parents[1]
 # The published NV-Generate-MR diffusion UNet layout (config_network_rflow.json) at a CPU-test width: the same
@@ -116,7 +119,7 @@ def test_a_layout_mismatch_names_the_keys_and_a_truncated_file_is_named(maisi_ck
 
 @pytest.mark.slow
 def test_the_full_published_mr_layout_maps_with_model_maisi_mr(tmp_path):
-    """The production-size published layout against conf/model/maisi_mr.yaml (180 M parameters)."""
+    """The production-size published layout against conf/model/maisi_mr.yaml (178.7 M parameters)."""
     from hydra import compose, initialize_config_dir
 
     from neuromf.instantiate import build
@@ -153,3 +156,79 @@ def test_train_refuses_in_one_line_with_exit_2(maisi_ckpt, tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: init.maisi_checkpoint=") and "does not match the model config" in last
+
+
+# the layout of TINY's network (conf/model/small.yaml at 8-8-16), with the published MR conditioning inputs
+TINY_MAISI = dict(
+    spatial_dims=3,
+    in_channels=1,
+    out_channels=1,
+    num_channels=[8, 8, 16],
+    attention_levels=[False, False, False],
+    num_head_channels=8,
+    num_res_blocks=1,
+    norm_num_groups=4,
+    include_spacing_input=True,
+    num_class_embeds=128,
+)
+
+
+class FirstStepProbe(pl.Callback):
+    """The network's u(z, t, t) and UNet weights when the first training batch starts (before any optimizer step),
+    and the weights at the end."""
+
+    def __init__(self, z: torch.Tensor, t: torch.Tensor):
+        self.z, self.t, self.u, self.start, self.end = z, t, None, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.u is None:
+            assert trainer.global_step == 0
+            with torch.no_grad():
+                self.u = pl_module.net(self.z, self.t, self.t).clone()
+            self.start = {k: v.detach().clone() for k, v in pl_module.net.unet.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module):
+        self.end = {k: v.detach().clone() for k, v in pl_module.net.unet.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conditioning", ["dual", "t_h"])
+def test_a_training_run_starts_from_the_maisi_weights(tmp_path, monkeypatch, demo_latents, conditioning):
+    """`neuromf.train` with init.maisi_checkpoint (u-prediction): at its first step the u-head at r = t is MAISI's
+    negated velocity for the folded modality and spacing; the run completes and its optimizer moves the weights."""
+    torch.manual_seed(1)
+    maisi = DiffusionModelUNetMaisi(**TINY_MAISI).eval()
+    with torch.no_grad():
+        for p in maisi.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = tmp_path / "tiny_maisi.pt"
+    torch.save({"unet_state_dict": maisi.state_dict(), "num_train_timesteps": 1000}, path)
+    spacing = [150.0, 150.0, 150.0]
+    cfg = tiny_cfg(
+        "model.prediction_type=u",
+        f"model.conditioning={conditioning}",
+        "model.time_scale=1000.0",
+        f"init.maisi_checkpoint={path}",
+        "init.modality=9",
+        f"init.spacing=[{','.join(map(str, spacing))}]",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=2",
+        "objective=val/loss_raw",
+    )
+    z, t = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 0.9])
+    probe = FirstStepProbe(z, t)
+    build_callbacks = train_app.build_callbacks
+    monkeypatch.setattr(train_app, "build_callbacks", lambda c, d: [*build_callbacks(c, d), probe])
+    run = tmp_path / "run"
+    train_app.train(cfg, run)
+
+    status = read_status(run)
+    assert status["status"] == "completed" and status["global_step"] == 2
+    assert status["init"].startswith(f"started from MAISI checkpoint {path}")
+    with torch.no_grad():
+        ref = maisi(z, t * 1000, class_labels=torch.tensor([9, 9]), spacing_tensor=torch.tensor([spacing] * 2))
+    torch.testing.assert_close(probe.u, -ref, rtol=1e-4, atol=1e-5)
+    assert torch.equal(probe.start["conv_in.conv.weight"], maisi.state_dict()["conv_in.conv.weight"])
+    assert not torch.equal(probe.end["conv_in.conv.weight"], probe.start["conv_in.conv.weight"])  # it trained
