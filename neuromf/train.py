@@ -259,15 +259,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_flush_denormal(True)  # denormal weights/activations slowed CPU steps several-fold
     pl.seed_everything(cfg.seed, workers=True)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    update_status(
-        run_dir,
-        status="running",
-        reason=None,
-        objective_key=cfg.objective,
-        overrides=overrides,
-        provenance=provenance(),
-    )
     try:  # everything that checks the config, the data and the checkpoint, before anything is written
         check_jvp_strategy(cfg.model.prediction_type, cfg.loss.jvp)
         datamodule = build_datamodule(cfg, run_dir)
@@ -282,6 +273,15 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             update_status(run_dir, init=report.summary())
     except (DataError, EncoderError, ValueError, FileNotFoundError) as err:
         raise InputError(str(err)) from err
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    update_status(  # only now: a refused checkpoint (or data) leaves status.json as it was, but for main's failure
+        run_dir,
+        status="running",
+        reason=None,
+        objective_key=cfg.objective,
+        overrides=overrides,
+        provenance=provenance(),
+    )
     resume_step = resume["global_step"] if resume else 0
     if resume:
         update_status(run_dir, resumed_from=resume["path"], resumed_step=resume_step)

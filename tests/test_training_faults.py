@@ -5,6 +5,7 @@ in a subprocess with real signals."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ from training_helpers import TINY, tiny_cfg
 
 from neuromf.config_schema import config_errors
 from neuromf.data.store import read_latent, write_latent
-from neuromf.tracking.lock import RunLock
+from neuromf.sweep.pruning import lock_holder, stale_reason
+from neuromf.tracking.lock import RunLock, holder_line
 from neuromf.tracking.run import read_status
 from neuromf.train import InputError, train
 from neuromf.training.checkpoint_io import (
@@ -237,14 +239,19 @@ def test_a_truncated_last_ckpt_without_fallback_is_one_error_line_and_nothing_is
     last = run / "checkpoints" / "last.ckpt"
     assert not (run / "checkpoints" / "last.prev.ckpt").exists()
     _truncate(last)
-    kept = ("status.json", ".lock", "train.log")  # the run's own bookkeeping and Hydra's log
+    kept = (".lock", "train.log")  # the lock's holder line and Hydra's log
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name not in kept}
+    status_before = read_status(run)
     proc = cli(run, "trainer.max_epochs=2")
     assert proc.returncode == 2
     line = one_error_line(proc.stderr)
     assert f"{last}: unreadable checkpoint" in line and "delete the bad file(s) to start the run over" in line
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name not in kept}
-    assert after == before  # hparams.yaml, metrics.csv, split.json untouched
+    status_after = json.loads(after.pop("status.json"))
+    assert after == {k: v for k, v in before.items() if k != "status.json"}  # hparams, metrics, split untouched
+    # status.json: only the failure is recorded (no "running", no new overrides or provenance before validation)
+    assert status_after.pop("status") == "failed" and f"{last}: unreadable checkpoint" in status_after.pop("reason")
+    assert status_after == {k: v for k, v in status_before.items() if k not in ("status", "reason")}
 
 
 @pytest.mark.slow
@@ -302,9 +309,42 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
     assert read_status(run)["status"] == "completed" and (run / ".lock").read_text() == ""
 
 
+def test_a_filesystem_without_flock_is_one_error_line_saying_what_to_do(tmp_path, monkeypatch):
+    """Lustre mounted without `-o flock` fails every flock with ENOSYS: the run stops naming the mount option and
+    NEUROMF_RUN_LOCK=off; with that it runs unlocked, and the sweeper's stale check reads the holder line."""
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run = tmp_path / "run"
+    with pytest.raises(InputError) as err:
+        train(tiny_cfg(*SMALL, "trainer.max_epochs=1"), run)
+    message = str(err.value)
+    assert message.startswith(f"{run}/.lock: this filesystem does not support flock") and "\n" not in message
+    assert "Function not implemented" in message and "-o flock" in message and "NEUROMF_RUN_LOCK=off" in message
+    assert not (run / "metrics.csv").exists()
+
+    monkeypatch.setenv("NEUROMF_RUN_LOCK", "off")
+    trial = type("Trial", (), {"user_attrs": {"run_dir": str(run)}})
+    with RunLock(run):
+        assert (run / ".lock").read_text().strip() == holder_line() == lock_holder(run)  # this live process
+        monkeypatch.delenv("NEUROMF_RUN_LOCK")
+        assert lock_holder(run) == holder_line() and stale_reason(trial) is None  # flock fails: the line is read
+        monkeypatch.setenv("NEUROMF_RUN_LOCK", "off")
+    assert (run / ".lock").read_text() == "" and lock_holder(run) is None
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a holder that died without emptying the line
+    (run / ".lock").write_text(holder_line().replace(f"pid={os.getpid()}", f"pid={gone.pid}"))
+    assert lock_holder(run) is None and "no longer runs" in stale_reason(trial)
+
+
 # ---------------------------------------------------------------- H. exact resume after kill -9 mid-epoch
 
 EXACT = ["trainer.limit_train_batches=4", "callbacks.checkpoint.every_n_train_steps=1", "trainer.max_epochs=2"]
+# augmentation on, in two persistent worker processes: each sample's draws depend on (seed, epoch, index) only
+AUGMENTED = ["data.augmentation={enabled:true,noise_std:0.1,flip_lr_prob:0.5}", "data.num_workers=2"]
 
 
 def _trained_steps(metrics: Path) -> set[int]:
@@ -318,13 +358,14 @@ def _trained_steps(metrics: Path) -> set[int]:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_resumes_the_uninterrupted_loss_curve(tmp_path):
+@pytest.mark.parametrize("extra", [[], AUGMENTED], ids=["plain", "augmented"])
+def test_kill_9_mid_epoch_resumes_the_uninterrupted_loss_curve(tmp_path, extra):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(tiny_cfg(*SMALL, *EXACT), straight)
+    train(tiny_cfg(*SMALL, *EXACT, *extra), straight)
     reference = step_rows(straight)
     assert list(reference.index) == list(range(8))
 
-    cmd = [sys.executable, "-m", "neuromf.train", *TINY, *SMALL, *EXACT, f"hydra.run.dir={killed}"]
+    cmd = [sys.executable, "-m", "neuromf.train", *TINY, *SMALL, *EXACT, *extra, f"hydra.run.dir={killed}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # step 4's loss row is flushed after the checkpoint of step 5 (epoch 2's first batch) is written
@@ -341,7 +382,7 @@ def test_kill_9_mid_epoch_resumes_the_uninterrupted_loss_curve(tmp_path):
     held = validate_checkpoint(killed / "checkpoints" / "last.ckpt")["global_step"]
     assert 5 <= held <= 7, f"killed at step {held}: not mid-epoch"
 
-    resumed = cli(killed, *EXACT)
+    resumed = cli(killed, *EXACT, *extra)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
     assert read_status(killed)["resumed_step"] == held

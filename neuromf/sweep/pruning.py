@@ -31,12 +31,25 @@ class Pruned:
 
 
 def make_pruner(config):
-    """An Optuna pruner from a `_target_` config (None -> NopPruner)."""
+    """An Optuna pruner from a `_target_` config (None -> NopPruner). Keys its class does not take are dropped with
+    a warning: a sweep file's warm-up for another pruner (lr_optuna's median `n_warmup_steps` under
+    `hydra/sweeper/pruner=hyperband`) must not fail the sweep."""
+    import inspect
+
     import optuna
     from hydra.utils import instantiate
 
-    if not config or str(config.get("_target_", "")).endswith("NopPruner"):  # pruner=none under a sweep file's
-        return optuna.pruners.NopPruner()  # warm-up keys for another pruner
+    config = dict(config or {})
+    target = str(config.get("_target_", ""))
+    if not config or target.endswith("NopPruner"):
+        return optuna.pruners.NopPruner()
+    cls = getattr(optuna.pruners, target.rsplit(".", 1)[-1], None) if target.startswith("optuna.pruners.") else None
+    if isinstance(cls, type):
+        params = inspect.signature(cls).parameters
+        extra = sorted(k for k in config if not k.startswith("_") and k not in params)
+        if extra and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            log.warning("%s does not take %s (another pruner's settings?): ignored", cls.__name__, ", ".join(extra))
+            config = {k: v for k, v in config.items() if k not in extra}
     return instantiate(config, _execution_whitelist_=("optuna.pruners.*",))
 
 
@@ -113,22 +126,47 @@ class OptunaReporter(pl.Callback):
 
 
 def lock_holder(run_dir: str | Path) -> str | None:
-    """The holder line of <run_dir>/.lock when a live process holds it, else None."""
+    """The holder line of <run_dir>/.lock when a live process holds it, else None. Without flock (NEUROMF_RUN_LOCK=off
+    or a filesystem without it) the line itself is judged: see `holder_alive`."""
     import fcntl
+
+    from neuromf.tracking.lock import UNSUPPORTED_ERRNOS, lock_disabled
 
     path = Path(run_dir) / ".lock"
     if not path.exists():
         return None
     fd = os.open(path, os.O_RDONLY)
+
+    def line() -> str:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip()
+
     try:
+        if lock_disabled():
+            return line() if line() and holder_alive(line()) else None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder"
+            return line() or "unknown holder"
+        except OSError as err:
+            if err.errno not in UNSUPPORTED_ERRNOS:
+                raise
+            return line() if line() and holder_alive(line()) else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def holder_alive(line: str) -> bool:
+    """Whether the process of a holder line (`host=... pid=... slurm_job=...`) may still run: its SLURM job is
+    pending/running, or its pid lives on this host; a holder on another host without a SLURM job counts as live."""
+    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    job, host, pid = fields.get("slurm_job", "-"), fields.get("host"), fields.get("pid", "")
+    if job not in ("", "-"):
+        return slurm_state(job) in SLURM_ACTIVE
+    if host == socket.gethostname() and pid.isdigit():
+        return pid_alive(int(pid))
+    return True
 
 
 def slurm_state(job_id: str) -> str | None:

@@ -5,10 +5,15 @@ naming the holder). The kernel releases a flock when its holder dies (kill -9, n
 so a requeued job takes the lock over; the holder's line is still in the file then, and the new holder says
 that it took over a stale lock. On a clean exit the file is emptied. (On NFS, Linux emulates flock with POSIX
 byte-range locks, which NFSv4 shares between nodes.)
+
+Lustre mounted without the `flock` option (or with `noflock`) fails every flock with ENOSYS: the lock raises
+`RunLockUnsupportedError` saying what to do. `NEUROMF_RUN_LOCK=off` runs without the lock (the holder line is
+still written, for the sweeper's stale-trial check); then nothing stops two processes sharing a run dir.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -16,10 +21,32 @@ import socket
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+ENV = "NEUROMF_RUN_LOCK"  # "off": no flock (a filesystem without flock support)
+# flock on a filesystem that does not implement it: Lustre without -o flock (ENOSYS), some FUSE/NFS mounts
+UNSUPPORTED_ERRNOS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
 
 
 class RunLockedError(Exception):
     """Another live process holds the run dir's lock."""
+
+
+class RunLockUnsupportedError(OSError):
+    """The run dir's filesystem does not support flock; the message says what to do."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def lock_disabled() -> bool:
+    return os.environ.get(ENV, "").strip().lower() in ("off", "0", "false", "no")
+
+
+def unsupported_message(err: OSError) -> str:
+    return (
+        f"this filesystem does not support flock, which the one-writer lock of a run dir needs ({err}); on Lustre "
+        f"ask the admins to mount it with `-o flock` (`localflock` only locks within one node), or set {ENV}=off "
+        "to run without the lock (then make sure no two jobs share a run dir; see docs/slurm.md)"
+    )
 
 
 def holder_line() -> str:
@@ -35,12 +62,17 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
         self.stale_holder: str | None = None
         self._fd: int | None = None
+        self._locked = False
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        self._locked = not lock_disabled()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self._locked:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                log.warning("%s=off: %s is not locked; no two processes may use this run dir", ENV, self.path)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder"
             os.close(fd)
@@ -48,8 +80,13 @@ class RunLock:
                 f"{self.path.parent}: run dir is in use by another process ({holder}); wait for it to finish, stop "
                 f"it, or choose another run dir (hydra.run.dir=...)"
             ) from None
+        except OSError as err:
+            os.close(fd)
+            if err.errno in UNSUPPORTED_ERRNOS:
+                raise RunLockUnsupportedError(err.errno, unsupported_message(err), str(self.path)) from None
+            raise
         previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if previous:
+        if previous and self._locked:
             self.stale_holder = previous
             log.warning(
                 "took over the lock of %s, left by a process that is no longer running (%s)", self.path, previous
@@ -67,7 +104,8 @@ class RunLock:
             os.ftruncate(self._fd, 0)
         except OSError:
             pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._locked:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
 
