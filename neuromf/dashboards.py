@@ -26,8 +26,10 @@ from pathlib import Path
 
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-from neuromf.tracking.keys import LEGACY, STEP_KEY, all_expected, metric_base, metric_direction
+from neuromf.tracking.keys import LEGACY, STEP_KEY, all_expected, metric_base, metric_direction, summary_name
 from neuromf.tracking.run import flat_config
 
 # Fallback arm keys when no sweep is given (Hydra config paths, logged as a nested W&B config).
@@ -37,6 +39,7 @@ OBJECTIVE = "val/feat3d_fd/nfe1"
 X_AXIS = STEP_KEY
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 REPLICATE_KEYS = ("seed",)
+DERIVED_KEYS = ("tag",)  # run-dir name parts interpolated from other keys: never an arm key of their own
 
 # (section, [(panel title, candidate keys)]): a panel keeps the candidates the sweep's configs will log.
 SECTIONS: dict[str, list[tuple[str, list[str]]]] = {
@@ -83,6 +86,8 @@ def compose(overrides: list[str]) -> dict:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
+
+    import neuromf.sweep  # noqa: F401  (registers the resumable_optuna sweeper schema the Optuna sweeps use)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR):
@@ -137,7 +142,8 @@ def varying_keys(configs: list[dict]) -> list[str]:
     return [
         k
         for k in keys
-        if k not in REPLICATE_KEYS and len({json.dumps(f.get(k), default=str, sort_keys=True) for f in flats}) > 1
+        if k not in (*REPLICATE_KEYS, *DERIVED_KEYS)
+        and len({json.dumps(f.get(k), default=str, sort_keys=True) for f in flats}) > 1
     ]
 
 
@@ -164,8 +170,12 @@ def sweep_plan(sweep: str | None = None, sweep_dir: Path | None = None, override
     }
 
 
+_SUMMARY_FIELD = re.compile(r"\.(min|max|last|mean|best)$")
+
+
 def panel_keys(obj) -> set[str]:
-    """Every metric / media key the panels of a Workspace or Report view model plot (from its JSON)."""
+    """Every metric / media key the panels of a Workspace or Report view model plot (from its JSON); summary
+    names (``key.min``) count as their metric key."""
     data = json.loads(obj) if isinstance(obj, str) else obj
     found: set[str] = set()
 
@@ -173,12 +183,35 @@ def panel_keys(obj) -> set[str]:
         if isinstance(x, dict):
             cfg = x.get("config") if isinstance(x.get("config"), dict) else {}
             for field in ("metrics", "mediaKeys"):
-                found.update(k for k in cfg.get(field) or [] if isinstance(k, str))
+                found.update(_SUMMARY_FIELD.sub("", k) for k in cfg.get(field) or [] if isinstance(k, str))
             for v in x.values():
                 walk(v)
         elif isinstance(x, list):
             for v in x:
                 walk(v)
+
+    walk(data)
+    return found
+
+
+def summary_refs(obj) -> set[str]:
+    """Run-summary names a Workspace or Report view model reads: bar-chart metrics and every
+    ``summary:<name>`` column (runs table, parallel coordinates)."""
+    data = json.loads(obj) if isinstance(obj, str) else obj
+    found: set[str] = set()
+
+    def walk(x):
+        if isinstance(x, dict):
+            if x.get("viewType") == "Bar Chart":
+                found.update((x.get("config") or {}).get("metrics") or [])
+            for k, v in x.items():
+                walk(k)
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, str) and x.startswith("summary:"):
+            found.add(x[len("summary:") :])
 
     walk(data)
     return found
@@ -214,9 +247,11 @@ def monitoring_workspace(
     nfe=DEFAULT_NFE,
     keys=None,
     objective=OBJECTIVE,
+    objective_mode="min",
 ) -> ws.Workspace:
     """Workspace with losses / JVP / throughput / eval / reference / samples sections (panels only for ``keys``,
-    the keys the sweep's configs log), runs grouped by group and the arm keys, x axis trainer/global_step."""
+    the keys the sweep's configs log), runs grouped by group and the arm keys, x axis trainer/global_step; the
+    runs table pins the objective's best-over-validations summary (``<objective>.<mode>``)."""
     keys = set(keys) if keys is not None else all_expected([compose([])])
     sections = []
     for name, plots in SECTIONS.items():
@@ -250,7 +285,10 @@ def monitoring_workspace(
         runset_settings=ws.RunsetSettings(
             filters=group_filter(group),
             groupby=[ws.Metric("Group"), *[ws.Config(k) for k in arm_keys]],
-            pinned_columns=["summary:" + objective, *[f"config:{_cfg_col(k)}" for k in arm_keys]],
+            pinned_columns=[
+                "summary:" + summary_name(objective, objective_mode),
+                *[f"config:{_cfg_col(k)}" for k in arm_keys],
+            ],
         ),
     )
 
@@ -269,10 +307,13 @@ def ablation_report(
     keys=None,
     objective=OBJECTIVE,
     nfe=DEFAULT_NFE,
+    objective_mode="min",
 ) -> wr.Report:
     """Report template comparing ablation arms: runs of ``group`` grouped by the arm config keys; panels for
-    the objective, the per-term losses and the evaluation metrics the sweep logs."""
+    the objective (its best-over-validations summary, as ``neuromf.report`` ranks), the per-term losses and the
+    evaluation metrics the sweep logs."""
     keys = set(keys) if keys is not None else all_expected([compose([])])
+    best = summary_name(objective, objective_mode)
     runset = wr.Runset(
         entity=entity,
         project=project,
@@ -282,8 +323,8 @@ def ablation_report(
     )
     panels = [
         wr.BarPlot(
-            title=f"{objective} per arm (best per run; mean ± std)",
-            metrics=[objective],
+            title=f"{best} per arm (best over validations per run; mean ± std)",
+            metrics=[best],
             groupby_aggfunc="mean",
             groupby_rangefunc="stddev",
             layout=wr.Layout(x=0, y=0, w=12, h=8),
@@ -293,7 +334,7 @@ def ablation_report(
             layout=wr.Layout(x=12, y=0, w=12, h=8),
             columns=[
                 *[wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in arm_keys],
-                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(objective)),
+                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(best)),
             ],
         ),
     ]
@@ -312,7 +353,8 @@ def ablation_report(
             wr.H1(text="Ablation arms"),
             wr.P(text=f"Runs of W&B group '{group}'." if group else "All runs of the project."),
             wr.P(
-                text=f"Arms: {', '.join(arm_keys) or '(none)'}. Objective: {objective}. Offline statistics "
+                text=f"Arms: {', '.join(arm_keys) or '(none)'}. Objective: {objective}, per run its best value over "
+                f"validations (W&B summary {best}, as the offline report ranks). Offline statistics "
                 "(bootstrap CIs, paired tests, Holm): python -m neuromf.report <sweep_dir>."
             ),
             wr.PanelGrid(runsets=[runset], panels=panels + lines),
@@ -359,7 +401,7 @@ def build(entity: str, project: str, group: str | None, out: Path, plan: dict | 
 
 
 def _objects(entity, project, group, plan) -> dict:
-    kw = {"keys": plan["keys"], "objective": plan["objective"], "nfe": plan["nfe"], "arm_keys": plan["arm_keys"]}
+    kw = {k: plan[k] for k in ("keys", "objective", "objective_mode", "nfe", "arm_keys")}
     return {
         "workspace_monitor.json": lambda: monitoring_workspace(entity, project, group, **kw),
         "report_ablation.json": lambda: ablation_report(entity, project, group, **kw),
@@ -405,10 +447,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for url in push(args.entity, args.project, group, plan):
                 print(f"saved {url}")
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (RuntimeError, OSError, ValueError, HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: Hydra's multi-line messages folded, its config search path left out."""
+    text = str(exc).split("Config search path:")[0]
+    out = ""
+    for raw in text.splitlines():
+        part = raw.strip()
+        if not part:
+            continue
+        sep = ", " if raw.startswith("\t") and out and not out.endswith(":") else " "
+        out = f"{out}{sep}{part}" if out else part
+    return out or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -463,6 +463,21 @@ def provenance_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
 
 
 # -------------------------------------------------------------------------------------------- optuna
+SAVED_COL = "device-h saved (est.)"
+IMPORTANCE_SEED = 0
+
+
+def device_kind(run_dir: Path) -> str:
+    """'GPU' / 'CPU' from the run's ``trainer.accelerator``; 'unknown' when it is not recorded or 'auto'."""
+    from neuromf.tracking.metrics import read_config
+
+    try:
+        acc = ((read_config(run_dir) or {}).get("trainer") or {}).get("accelerator")
+    except (OSError, ValueError):
+        acc = None
+    return {"gpu": "GPU", "cuda": "GPU", "cpu": "CPU"}.get(str(acc).lower(), "unknown")
+
+
 def optuna_storage(sweep_dir: Path) -> tuple[str, str | None] | None:
     """(storage URL, study name) of an Optuna sweep: the sweeper config in multirun.yaml, or <sweep>/optuna.db."""
     try:
@@ -502,7 +517,7 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
     opened = open_storage(storage)
     name = name or optuna.get_all_study_names(opened)[0]
     study = optuna.load_study(study_name=name, storage=opened)
-    rows = []
+    rows, kinds = [], set()
     for t in study.trials:
         row = {"trial": t.number, "state": t.state.name, "value": t.value if t.value is not None else math.nan}
         row |= {f"param {k}": v for k, v in t.params.items()}
@@ -513,14 +528,17 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
             steps = sorted(t.intermediate_values)
             saved.setdefault("pruned_step", steps[-1] if steps else None)
         row["pruned at step"] = saved.get("pruned_step")
-        row["GPU-h saved (est.)"] = saved.get("saved_gpu_h")
+        row[SAVED_COL] = saved.get("saved_gpu_h")  # sweep_summary's name; devices x time, GPUs or not
+        if saved.get("saved_gpu_h"):
+            kinds.add(device_kind(Path(run_dir)))
         row["note"] = t.user_attrs.get("fail_reason") or ("baseline" if t.user_attrs.get("baseline") else "")
         rows.append(row)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     res = {"study": name, "storage": storage, "direction": study.direction.name, "trials": pd.DataFrame(rows)}
     res["states"] = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
-    saved = pd.to_numeric(res["trials"]["GPU-h saved (est.)"], errors="coerce") if rows else pd.Series(dtype=float)
-    res["saved_gpu_h"] = float(saved.sum())
+    saved = pd.to_numeric(res["trials"][SAVED_COL], errors="coerce") if rows else pd.Series(dtype=float)
+    res["saved_device_h"] = float(saved.sum())
+    res["saved_on"] = kinds.pop() if len(kinds) == 1 else "mixed" if kinds else None
     res["best"] = (
         {"trial": study.best_trial.number, "value": study.best_value, "params": study.best_params} if complete else None
     )
@@ -537,8 +555,9 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
             plt.close(ax.figure)
             res["images"]["Optuna optimisation history"] = out / "optuna_history.png"
         try:
-            res["importances"] = optuna.importance.get_param_importances(study)
-            ax = ovm.plot_param_importances(study)
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)  # same report each time
+            res["importances"] = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            ax = ovm.plot_param_importances(study, evaluator=evaluator)
             ax.figure.set_size_inches(7, 3)
             ax.figure.tight_layout()
             ax.figure.savefig(out / "optuna_importances.png", dpi=110)
@@ -803,14 +822,23 @@ def replace_dir(tmp: Path, out: Path) -> Path | None:
 
 
 def _sweep_objective(sweep_dirs: list[Path]) -> tuple[str | None, str | None]:
-    """The objective key and mode of the sweep's composed config (first run with one)."""
+    """The objective key and mode of the sweep's composed config (first run with one), else the ``objective_key``
+    the runs recorded in status.json (runs whose config predates the ``objective`` key)."""
     from neuromf.tracking.metrics import find_run_dirs, read_config
+    from neuromf.tracking.run import read_status
 
-    for sd in sweep_dirs:
-        for run in find_run_dirs(sd) if sd.is_dir() else []:
-            cfg = read_config(run)
-            if cfg.get("objective"):
-                return cfg["objective"], cfg.get("objective_mode")
+    runs = [run for sd in sweep_dirs for run in (find_run_dirs(sd) if sd.is_dir() else [])]
+    for run in runs:
+        cfg = read_config(run)
+        if cfg.get("objective"):
+            return cfg["objective"], cfg.get("objective_mode")
+    for run in runs:
+        try:
+            status = read_status(run)
+        except (OSError, ValueError):  # load_run notes an unreadable status.json
+            continue
+        if status.get("objective_key"):
+            return status["objective_key"], status.get("objective_mode")
     return None, None
 
 
@@ -1028,17 +1056,22 @@ def _provenance(sweep_dirs, records, arms) -> list:
     return [("h2", "Provenance"), *(("p", t) for t in lines), ("table", provenance_table(records, arms), False)]
 
 
+def _saved_text(hours: float, kind: str | None) -> str:
+    """The pruning saving in words: GPU-hours only when the pruned runs trained on GPUs."""
+    est = "devices x wall time per step x steps not run"
+    if kind == "GPU":
+        return f" Pruning saved about {hours:.3g} GPU-hours ({est})."
+    on = {"CPU": "CPU runs: no GPU time", "mixed": "GPU and CPU runs"}.get(kind or "", "accelerator not recorded")
+    return f" Pruning saved about {hours:.3g} device-hours ({est}; {on})."
+
+
 def _optuna_blocks(o: dict) -> list:
     best = o["best"]
     text = (
         f"Study `{o['study']}` ({o['storage']}), direction {o['direction']}; trials by state: "
         + ", ".join(f"{k} {v}" for k, v in o["states"].items())
         + (f". Best trial {best['trial']}: value {best['value']:.4g}, params {best['params']}." if best else ".")
-        + (
-            f" Pruning saved about {o['saved_gpu_h']:.3g} GPU-hours (wall time per step x remaining steps x devices)."
-            if o.get("saved_gpu_h")
-            else ""
-        )
+        + (_saved_text(o["saved_device_h"], o.get("saved_on")) if o.get("saved_device_h") else "")
     )
     blocks = [("h2", f"Optuna study {o['study']}"), ("p", text), ("table", o["trials"], False)]
     if o.get("importances"):

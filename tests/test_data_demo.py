@@ -107,7 +107,10 @@ def test_datamodule_augmentation_and_decode(tmp_path, demo):
     assert dm.augmentation is not None
     train = dm.dataset("train")
     a, b = train[0], train[0]
-    assert a.shape == (1, 32, 32, 32) and not torch.equal(a, b)
+    assert a.shape == (1, 32, 32, 32) and torch.equal(a, b)  # a draw depends on (seed, epoch, index) only
+    train.set_epoch(1)
+    b = train[0]
+    assert not torch.equal(a, b)
     assert abs((a - b).std().item() - 0.1 * np.sqrt(2)) < 0.01  # two independent draws of N(0, 0.1^2)
     assert torch.equal(dm.dataset("val")[0], dm.dataset("val")[0])  # no augmentation outside training
     assert LatentDataModule(str(demo)).augmentation_cfg["enabled"] is False
@@ -127,3 +130,23 @@ def test_small_demo_build_time(tmp_path):
     dt = time.perf_counter() - t0
     assert len(LatentStore(tmp_path / "small").subjects) == 48
     assert dt < 60 * max(1, 2 / (os.cpu_count() or 2)), dt
+
+
+def test_train_latents_subset_is_seeded_and_spans_the_training_split(tmp_path, demo):
+    """The real reference set of the evaluation: a seeded random subset, not the first N by name (on the demo the
+    first half of the sorted training split is one template, a collapsed "real" set)."""
+    dm = LatentDataModule(str(demo), batch_size=4, seed=0, run_dir=str(tmp_path / "run"))
+    dm.setup("fit")
+    train, half = dm.splits["train"], len(dm.splits["train"]) // 2
+    full = dm.train_latents()
+    assert full.shape[0] == len(train)  # no limit: all, in split order
+    template = [s.split("-")[0] for s in train]  # subjects are named <template>-<index>
+    assert len(set(template)) == 2 and len(set(template[:half])) == 1  # the bias a first-N reference had
+
+    def picked(z):
+        return [i for i in range(len(train)) if any(torch.equal(full[i], zi) for zi in z)]
+
+    z0 = dm.train_latents(half, seed=0)
+    assert len(picked(z0)) == half and {template[i] for i in picked(z0)} == set(template)
+    torch.testing.assert_close(z0, dm.train_latents(half, seed=0))  # deterministic in the seed
+    assert picked(dm.train_latents(half, seed=1)) != picked(z0)

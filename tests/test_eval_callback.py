@@ -33,7 +33,7 @@ class FakeData(pl.LightningDataModule):
     def val_latents(self):
         return self.val.clone()
 
-    def train_latents(self, limit=None):
+    def train_latents(self, limit=None, seed=0):
         self.train_calls += 1
         return self.train[:limit].clone()
 
@@ -165,15 +165,17 @@ def test_feat3d_logged_cached_and_summarised(tmp_path):
     fd = [h["val/feat3d_fd"] for h in cb.history if "val/feat3d_fd" in h]
     assert fd[0] > fd[1] > 0  # samples moving towards the data
     assert (cb.cache.misses, cb.cache.hits) == (1, 0)  # real features computed once, kept for epoch 2
-    # real set + reference levels (8 training latents, 10 noise latents) once, then generated twice
-    assert dm.decode_calls == 12 + 8 + 10 + 2 * 10
+    # real set + reference levels (8 training latents, 8 collapsed, 10 noise latents) once, then generated twice
+    assert dm.decode_calls == 12 + 8 + 8 + 10 + 2 * 10
     assert len(list((tmp_path / "c").glob("eval-reference-*.safetensors"))) == 1
     first = cb.history[0]
     assert {
         f"val/{m}/nfe1" for m in ("feat3d_fd", "kid", "precision", "recall", "density", "coverage", "msssim")
     } <= set(first)
     assert 0 <= first["val/coverage/nfe1"] <= 1 and 0 < first["val/msssim/nfe1"] <= 1
-    assert cb.reference["ref/feat3d_fd/real"] < cb.reference["ref/feat3d_fd/noise"]
+    ref = cb.reference
+    assert ref["ref/feat3d_fd/real"] < ref["ref/feat3d_fd/noise"]  # (the fake data's "brains" are noise-like)
+    assert ref["ref/msssim/collapsed"] > ref["ref/msssim/real"]  # one volume repeated: no diversity
     assert "ref/coverage/real" in cb.reference and "ref/msssim/noise" in cb.reference
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert set(summary["best"]) >= {"val/swd", "val/feat3d_fd"}
@@ -181,8 +183,7 @@ def test_feat3d_logged_cached_and_summarised(tmp_path):
     metrics_csv = (tmp_path / "metrics.csv").read_text()
     assert "val/swd" in metrics_csv and "val/feat3d_fd" in metrics_csv and "ref/kid/noise" in metrics_csv
     assert summary["reference"]["feat3d_fd"] == {
-        "real": cb.reference["ref/feat3d_fd/real"],
-        "noise": cb.reference["ref/feat3d_fd/noise"],
+        lvl: cb.reference[f"ref/feat3d_fd/{lvl}"] for lvl in ("real", "collapsed", "noise")
     }
     # a second run with the same data and cache directory reuses the statistics from disk
     cb2 = _cb(tmp_path, feat3d_enabled=True, feat3d_every_n_epochs=2, feat3d_input_size=32, dataset_key="fake")
@@ -239,10 +240,13 @@ def test_nfe_list_reference_levels_cached_and_reused(tmp_path, monkeypatch):
     assert "val/eval_time_s" not in cb.best
     # reference levels: training latents (floor) far below noise (ceiling); computed once, logged once
     ref = cb.reference
-    assert set(ref) == {f"ref/{m}/{lvl}" for m in ("swd", "swd_patch") for lvl in ("real", "noise")}
-    assert ref["ref/swd/real"] < ref["ref/swd/noise"] and len(calls) == 1 and dm.train_calls == 1
+    levels = ("real", "collapsed", "noise")
+    metrics = ("swd", "swd_patch", "template_corr", "template_corr_min")
+    assert set(ref) == {f"ref/{m}/{lvl}" for m in metrics for lvl in levels}
+    # training latents read twice per fit: the reference subset and the mean volume of template_corr
+    assert ref["ref/swd/real"] < ref["ref/swd/noise"] and len(calls) == 1 and dm.train_calls == 2
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["reference"]["swd"] == {"real": ref["ref/swd/real"], "noise": ref["ref/swd/noise"]}
+    assert summary["reference"]["swd"] == {lvl: ref[f"ref/swd/{lvl}"] for lvl in levels}
     assert summary["objective_key"] == "val/swd/nfe2" and summary["objective"] == cb.best["val/swd/nfe2"]["value"]
     rows = [line for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:] if line]
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")

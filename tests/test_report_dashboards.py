@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,72 @@ def test_push_without_key_errors(monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert main(["push", "--entity", "ent", "--project", "proj", "--sweep-dir", str(RECORDED)]) == 2
     assert "WANDB_API_KEY" in capsys.readouterr().err
+
+
+# Every sweep file -> the resolved config keys its arms differ in (group overrides such as `prediction` or
+# `loss` resolved to the keys they set; Optuna ranges as they are); seeds and the derived `tag` never group.
+SWEEP_ARM_KEYS = {
+    "conditioning": ("model.conditioning",),
+    "demo": ("model.use_v_head",),
+    "joint_optuna": ("loss.jvp", "loss.norm_p", "model.conditioning", "model.prediction_type", "optim.lr"),
+    "lr": ("optim.lr",),
+    "lr_optuna": ("optim.lr", "optim.beta2", "optim.warmup_steps"),
+    "norm_p": ("loss.norm_p",),
+    "prediction": ("loss.jvp", "model.prediction_type"),
+    "recipe_imf_vs_meanflow": ("loss.time_sampler.data_proportion", "model.use_v_head"),
+    "time_sampling": ("loss.time_sampler.distribution",),
+    "time_scale": ("model.time_scale",),
+    "v_head": ("model.use_v_head", "model.v_head_num_res_blocks"),
+}
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def test_every_sweep_file_has_known_arm_keys():
+    assert {p.stem for p in SWEEPS.glob("*.yaml")} == set(SWEEP_ARM_KEYS)
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEP_ARM_KEYS))
+def test_dashboards_for_every_sweep_group_by_its_resolved_keys(sweep, tmp_path):
+    args = ["build", "--entity", "ent", "--project", "proj", "--sweep", sweep, "--out", str(tmp_path)]
+    assert main(args) == 0
+    cols = [f"{k.split('.')[0]}.value.{k.split('.', 1)[1]}" for k in SWEEP_ARM_KEYS[sweep]]
+    w = json.loads((tmp_path / "workspace_monitor.json").read_text())
+    runset = w["spec"]["section"]["runSets"][0]
+    assert [g["name"] for g in runset["grouping"] if g["section"] == "config"] == cols
+    assert runset["filters"]["filters"][0]["value"] == sweep  # W&B group = sweep_name
+    r = json.loads((tmp_path / "report_ablation.json").read_text())
+    grid = next(b["metadata"] for b in r["spec"]["blocks"] if b.get("type") == "panel-grid")
+    assert [g["name"] for g in grid["runSets"][0]["grouping"]] == cols
+
+
+def test_optuna_sweep_builds_in_a_fresh_process(tmp_path):
+    # the sweeper schema must be registered by neuromf.dashboards itself, not by an earlier import in the session
+    args = ["build", "--entity", "e", "--project", "p", "--sweep", "lr_optuna", "--out", str(tmp_path)]
+    res = subprocess.run([sys.executable, "-m", "neuromf.dashboards", *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "workspace_monitor.json").is_file() and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sweep", "nope"], "Could not find 'sweep/nope' Available options in 'sweep': conditioning, demo,"),
+        (["--sweep", "demo", "--override", "model.nope=1"], "Could not override 'model.nope'."),
+        (["--sweep", "demo", "--override", "oops"], "Error parsing override 'oops'"),
+    ],
+)
+def test_bad_sweep_is_one_error_line(extra, message, tmp_path, capsys):
+    assert main(["build", "--entity", "e", "--project", "p", *extra, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_shipped_dashboards_are_the_built_ones(tmp_path):
+    # dashboards/README.md's command; a change to the code or the keys needs the files rebuilt
+    args = ["build", "--entity", "YOUR_ENTITY", "--project", "neuromf", "--sweep", "demo", "--out", str(tmp_path)]
+    assert main(args) == 0
+    shipped = Path(__file__).resolve().parents[1] / "dashboards"
+    for name in ("workspace_monitor.json", "report_ablation.json"):
+        assert (tmp_path / name).read_text() == (shipped / name).read_text(), f"dashboards/{name} is stale"
+    assert "summary:val/feat3d_fd/nfe1.min" in (shipped / "workspace_monitor.json").read_text()

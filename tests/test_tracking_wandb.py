@@ -86,3 +86,56 @@ def test_offline_wandb_run_has_group_job_type_and_resumable_id(tmp_path, monkeyp
     assert run.config["model"]["conditioning"] == "dual" and "model.conditioning" not in run.config
     run.finish()
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+
+
+def _flat(summary: dict, prefix: str = "") -> dict:
+    """W&B's runs-table view of a summary: nested dicts as dotted names (``{"k": {"min": 1}}`` -> ``k.min``)."""
+    out = {}
+    for k, v in summary.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+@pytest.mark.slow
+def test_dashboards_read_the_summary_holding_the_best_value(tmp_path, monkeypatch):
+    """A real offline run with define_metrics, read back with `wandb leet`: every summary the dashboards read
+    exists, the objective's is its best over validations (what the report ranks by), the reference levels bare."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import wandb
+
+    from neuromf.dashboards import build, compose, summary_refs, sweep_plan
+    from neuromf.tracking.keys import expected_keys, metric_direction
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose(["sweep=demo"])
+    assert (cfg["objective"], cfg["objective_mode"]) == ("val/feat3d_fd/nfe1", "min")
+    run = wandb.init(project="p", dir=str(tmp_path), mode="offline", settings=wandb.Settings(console="off"))
+    summaries = define_metrics(run, cfg)
+    assert summaries["val/feat3d_fd/nfe1"] == "min,last" and summaries["ref/feat3d_fd/real"] is None
+    values = {"min": [3.0, 1.0, 2.0], "max": [0.1, 0.5, 0.3], None: [5.0, 6.0, 7.0]}  # best at validation 2
+    logged = [k for ks in expected_keys(cfg).values() for k in ks if not k.startswith("samples/")]
+    for i in range(3):
+        row = {k: values[metric_direction(k) if k.startswith("val/") else None][i] for k in logged}
+        run.log(row | {"trainer/global_step": 10 * i})
+    run_dir = Path(run.dir).parent
+    run.finish()
+    leet = Path(sys.executable).parent / "wandb"
+    res = subprocess.run([str(leet), "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True)
+    summary = _flat(json.loads(res.stdout)["summary"])
+    assert summary["val/feat3d_fd/nfe1.min"] == 1.0 and summary["val/feat3d_fd/nfe1.last"] == 2.0
+    assert "val/feat3d_fd/nfe1" not in summary and summary["val/coverage/nfe1.max"] == 0.5
+    assert summary["ref/kid/real"] == 7.0  # no summary option: the bare key keeps the last value
+
+    out = tmp_path / "dash"
+    build("e", "p", "demo", out, sweep_plan(sweep="demo"))
+    refs = set()
+    for name in ("workspace_monitor.json", "report_ablation.json"):
+        refs |= summary_refs((out / name).read_text())
+    assert "val/feat3d_fd/nfe1.min" in refs and "ref/kid/real" in refs
+    assert refs <= set(summary), f"dashboards read summaries W&B does not store: {sorted(refs - set(summary))}"

@@ -24,8 +24,9 @@ MAX_BAD_FILES_LISTED = 10
 
 
 class LatentDataset(Dataset):
-    """Items: one latent (C, D, H, W) float32, already normalised; ``transform`` applied on access.
-    Picklable (holds no reference to the datamodule/trainer), so it works with worker processes."""
+    """Items: one latent (C, D, H, W) float32, already normalised; ``transform(z, index)`` applied on access (its
+    draws depend on the epoch and the index only, see neuromf.data.augmentation). Picklable (holds no reference to
+    the datamodule/trainer), so it works with worker processes."""
 
     def __init__(self, subjects: list[str], load: Callable[[str], torch.Tensor], transform=None):
         self.subjects = list(subjects)
@@ -37,7 +38,12 @@ class LatentDataset(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         z = self.load(self.subjects[i])
-        return self.transform(z) if self.transform is not None else z
+        return self.transform(z, i) if self.transform is not None else z
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the transform's draws are seeded with (shared with worker processes)."""
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)
 
 
 class EpochRandomSampler(RandomSampler):
@@ -86,7 +92,9 @@ class ResumableDataLoader(DataLoader):
         return self._pass()
 
     def _pass(self):
-        _, skip, limit = self._progress()
+        epoch, skip, limit = self._progress()
+        if hasattr(self.dataset, "set_epoch"):  # before any sample of this pass is drawn (workers included)
+            self.dataset.set_epoch(epoch)
         if not skip:
             yield from super().__iter__()
             return
@@ -212,7 +220,7 @@ class LatentDataModule(pl.LightningDataModule):
             raise DataError(f"{self.latent_dir}/stats.json: channel_std has zeros, cannot normalise")
         # per-channel std of what the loaders yield: the augmentation noise is calibrated to it
         out_std = torch.ones(c) if self.normalize else std * self.scale_factor
-        self.augmentation = build_augmentation(self.augmentation_cfg, out_std)
+        self.augmentation = build_augmentation(self.augmentation_cfg, out_std, seed=self.seed)
         files = {r["subject"]: r["latent_file"] for r in self.store.rows}
         self._load = _NormalisedLoader(
             self.latent_dir, files, self.latent_shape, mean, std, self.normalize, self.scale_factor, {}
@@ -358,10 +366,15 @@ class LatentDataModule(pl.LightningDataModule):
             return torch.empty((0, *self.latent_shape))
         return torch.stack([self._load(s) for s in self.splits["val"]])
 
-    def train_latents(self, limit: int | None = None) -> torch.Tensor:
-        """The first ``limit`` (None: all) training latents (N, C, D, H, W), normalised, not augmented."""
+    def train_latents(self, limit: int | None = None, seed: int = 0) -> torch.Tensor:
+        """``limit`` (None: all) training latents (N, C, D, H, W), normalised, not augmented: a seeded random
+        subset when ``limit`` is smaller than the split. (The split is sorted by subject name, so its first N are
+        often one site or one template: a biased "real" reference set.)"""
         self.setup()
-        subjects = self.splits["train"][:limit]
+        subjects = self.splits["train"]
+        if limit is not None and limit < len(subjects):
+            pick = torch.randperm(len(subjects), generator=torch.Generator().manual_seed(seed))[:limit]
+            subjects = [subjects[i] for i in sorted(pick.tolist())]
         if not subjects:
             return torch.empty((0, *self.latent_shape))
         return torch.stack([self._load(s) for s in subjects])

@@ -16,9 +16,10 @@ The metrics of the first NFE of ``nfe_list`` are also logged under the older nam
 ``val/swd_patch``, ``val/feat3d_fd`` and ``val/fid_*`` (early stopping, reports and dashboards use them).
 The family of ``objective_key`` is computed at every evaluation whatever its interval.
 
-Reference levels (``reference_levels``): the same metrics for ``num_samples`` training latents (real vs real:
-the floor) and for ``num_samples`` Gaussian noise latents decoded the same way (the ceiling), both against
-the validation latents; logged once per fit as ``ref/<metric>/real`` and ``ref/<metric>/noise`` and written
+Reference levels (``reference_levels``): the same metrics for ``num_samples`` training latents (a seeded random
+subset; real vs real: the floor), for one of them repeated with small noise (a collapsed sampler) and for
+``num_samples`` Gaussian noise latents decoded the same way (the ceiling), all against the validation latents;
+logged once per fit as ``ref/<metric>/real``, ``ref/<metric>/collapsed`` and ``ref/<metric>/noise`` and written
 into ``summary.json`` (``reference``). They are cached with the real features (StatsCache, one file per data
 set and metric settings), so they are computed once per data set.
 
@@ -44,6 +45,7 @@ from pytorch_lightning.callbacks import EarlyStopping
 
 from neuromf.evaluation.cache import StatsCache, tensor_fingerprint
 from neuromf.evaluation.frechet import FeatureStats
+from neuromf.evaluation.ranking import collapsed_set
 from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED, MetricSuite, RealReference
 from neuromf.tracking.run import write_json_atomic
 
@@ -360,7 +362,8 @@ class EvaluationCallback(pl.Callback):
         if not hasattr(dm, "train_latents"):
             log.info("evaluation: ref/*/real skipped (the datamodule has no train_latents())")
             return None
-        z = dm.train_latents(self.num_samples).detach().float().cpu()
+        # a seeded random subset: the reference must span the training distribution as samples should
+        z = dm.train_latents(self.num_samples, seed=self.seed).detach().float().cpu()
         if z.shape[0] < 2:
             log.info("evaluation: ref/*/real skipped (%d training latents, need >= 2)", z.shape[0])
             return None
@@ -411,8 +414,9 @@ class EvaluationCallback(pl.Callback):
                 t |= {f"real/fid/{plane}/{p}": v for p, v in st.to_tensors().items()}
             if self.reference_levels:
                 sets = {"noise": self._reference_noise(real.shape[1:])}
-                if train is not None:
-                    sets = {"real": train} | sets
+                if train is not None:  # a collapse onto one training volume sits between the floor and noise
+                    gen = torch.Generator().manual_seed(self.seed ^ _NOISE_SALT ^ 1)
+                    sets = {"real": train, "collapsed": collapsed_set(train, gen)} | sets
                 for name, z in sets.items():
                     for m, v in suite(z.to(pl_module.device), ref).items():
                         t[f"ref/{m}/{name}"] = torch.tensor([v], dtype=torch.float64)
@@ -470,7 +474,7 @@ class EvaluationCallback(pl.Callback):
     def _write_summary(self, trainer: pl.Trainer, finished: bool) -> None:
         out = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "eval"
         reference: dict[str, dict[str, float]] = {}
-        for k, v in self.reference.items():  # ref/<metric>/<real|noise>
+        for k, v in self.reference.items():  # ref/<metric>/<real|collapsed|noise>
             _, metric, level = k.split("/")
             reference.setdefault(metric, {})[level] = v
         summary = {

@@ -27,7 +27,7 @@ import torch
 
 from neuromf.evaluation.suite import HIGHER_IS_BETTER, UNRANKED, MetricSuite
 
-__all__ = ["SET_NAMES", "known_quality_sets", "rank_correct", "score_sets", "main"]
+__all__ = ["SET_NAMES", "collapsed_set", "known_quality_sets", "rank_correct", "score_sets", "main"]
 
 SET_NAMES = ("held-out real", "augmented real", "smoothed", "collapsed", "noise")
 
@@ -54,10 +54,16 @@ def known_quality_sets(train: torch.Tensor, n: int, seed: int = 0) -> dict[str, 
     augmented = torch.stack([torch.as_tensor(noisy(aff(x))) for x in base])
     smooth = GaussianSmooth(sigma=1.0)
     smoothed = torch.stack([torch.as_tensor(smooth(x)) for x in base])
-    collapsed = base[:1].expand_as(base) + 0.05 * torch.randn(base.shape, generator=g)
+    collapsed = collapsed_set(base, g)
     noise = torch.randn(base.shape, generator=g)
     sets = [base, augmented, smoothed, collapsed, noise]
     return {k: v.float().contiguous() for k, v in zip(SET_NAMES, sets, strict=True)}
+
+
+def collapsed_set(base: torch.Tensor, generator: torch.Generator, std: float = 0.05) -> torch.Tensor:
+    """base (n, C, D, H, W) real latents -> its first volume repeated n times plus small noise (std ``std``): what a
+    sampler that collapsed onto one training volume would give (a reference level of the evaluation, too)."""
+    return base[:1].expand_as(base) + std * torch.randn(base.shape, generator=generator)
 
 
 def score_sets(suite: MetricSuite, sets: dict[str, torch.Tensor], real: torch.Tensor) -> dict[str, dict[str, float]]:

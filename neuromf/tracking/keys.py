@@ -36,6 +36,21 @@ def metric_direction(key: str) -> str | None:
     return "min"
 
 
+def summary_mode(key: str, cfg: dict[str, Any] | None = None) -> str | None:
+    """'min' / 'max': the W&B summary that keeps the best value of ``key`` (losses and evaluation metrics; the
+    objective follows ``cfg``'s ``objective_mode``, as the report ranks); None: W&B's default, the last value."""
+    if cfg and key == cfg.get("objective") and cfg.get("objective_mode"):
+        return str(cfg["objective_mode"])
+    return metric_direction(key) if key.startswith(("val/", "train/loss")) else None
+
+
+def summary_name(key: str, mode: str | None) -> str:
+    """Name of a run-summary value in W&B's runs table and panels. With ``define_metric(summary="min,last")``
+    W&B stores ``{"min": .., "last": ..}`` under the key, shown as ``key.min`` / ``key.last``; without a
+    summary option the bare key holds the last value."""
+    return f"{key}.{mode}" if mode else key
+
+
 def _get(cfg: dict, dotted: str, default=None):
     for part in dotted.split("."):
         if not isinstance(cfg, dict) or part not in cfg:

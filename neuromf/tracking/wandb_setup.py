@@ -47,19 +47,21 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
 
 
 def define_metrics(run, cfg: dict) -> dict[str, str | None]:
-    """Every metric on `trainer/global_step`; min / max summaries for the losses and evaluation metrics the
-    resolved config ``cfg`` logs (``neuromf.tracking.keys``); returns {key: summary}."""
-    from neuromf.tracking.keys import STEP_KEY, expected_keys, metric_direction
+    """Every metric on `trainer/global_step`; min / max summaries (best over validations, and the last value) for
+    the losses, evaluation metrics and objective the resolved config ``cfg`` logs (``neuromf.tracking.keys``).
+
+    W&B stores such a summary nested (``key.min``, ``key.last``; ``neuromf.tracking.keys.summary_name``); the
+    other keys get no summary option, so their bare key keeps the last value. Returns {key: summary or None}."""
+    from neuromf.tracking.keys import STEP_KEY, expected_keys, summary_mode
 
     run.define_metric(STEP_KEY)
     run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+    keys = [k for ks in expected_keys(cfg).values() for k in ks if not k.startswith("samples/")]
+    keys += [cfg["objective"]] if cfg.get("objective") and cfg["objective"] not in keys else []
     summaries = {}
-    for keys in expected_keys(cfg).values():
-        for key in keys:
-            if key.startswith("samples/"):
-                continue
-            mode = metric_direction(key) if key.startswith(("val/", "train/loss")) else None
-            summary = f"{mode},last" if mode else "last"
-            run.define_metric(key, step_metric=STEP_KEY, summary=summary)
-            summaries[key] = summary
+    for key in keys:
+        mode = summary_mode(key, cfg)
+        summary = f"{mode},last" if mode else None
+        run.define_metric(key, step_metric=STEP_KEY, **({"summary": summary} if summary else {}))
+        summaries[key] = summary
     return summaries

@@ -1,0 +1,277 @@
+"""Report sections on synthetic sweep dirs with known answers: the Optuna study (a real journal study with
+COMPLETE, PRUNED and FAIL trials), cost, provenance, reference levels, the confound warning and the gallery."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from test_report_sweep import make_run
+
+from neuromf.report import IMPORTANCE_SEED, SAVED_COL, build_report, cost_table, provenance_table
+from neuromf.tracking.metrics import load_sweep
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+TrialState = optuna.trial.TrialState
+
+
+def _config(run_dir: Path, cfg: dict) -> None:
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def _status(run_dir: Path, **fields) -> None:
+    path = run_dir / "status.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | fields))
+
+
+def _png(path: Path, value: float) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, np.full((8, 8), value), vmin=0, vmax=1, cmap="gray")
+
+
+# ------------------------------------------------------------------------------------------------ optuna
+# (optim.lr, optim.beta2, value) of the COMPLETE trials 0-3; trial 0 is the enqueued baseline, trial 2 the best
+DONE = [(3e-4, 0.999, 0.50), (1e-4, 0.95, 0.40), (5e-5, 0.92, 0.20), (1e-3, 0.99, 0.90)]
+DISTS = {
+    "optim.lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
+    "optim.beta2": optuna.distributions.FloatDistribution(0.9, 0.999),
+}
+
+
+def _trial_run(sd: Path, job: int, lr: float, best: float, status: str, accelerator: str) -> Path:
+    run = sd / str(job)
+    make_run(run, "x", 0, best, status=status)
+    (run / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={lr}\n")
+    _config(run, {"seed": 0, "trainer": {"accelerator": accelerator, "devices": 2, "num_nodes": 1}})
+    _status(run, overrides=[f"optim.lr={lr}"])
+    return run
+
+
+def optuna_sweep(sd: Path, accelerator: str = "cpu") -> Path:
+    """An lr_optuna-like sweep dir with its journal study: trials 0-3 COMPLETE, trial 4 PRUNED at step 20 of 100
+    after 36 s on 2 devices (36 / 20 x 80 x 2 / 3600 = 0.08 device-hours saved), trial 5 FAIL (job gone)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    sd.mkdir(parents=True)
+    sweeper = {"storage": "auto", "study_name": "lr_optuna"}
+    (sd / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+    storage = JournalStorage(JournalFileBackend(str(sd / "optuna.journal")))
+    study = optuna.create_study(study_name="lr_optuna", storage=storage, direction="minimize")
+    for job, (lr, b2, value) in enumerate(DONE):
+        run = _trial_run(sd, job, lr, value, "completed", accelerator)
+        attrs = {"run_dir": str(run)} | ({"baseline": True} if job == 0 else {})
+        params = {"optim.lr": lr, "optim.beta2": b2}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=DISTS, value=value, user_attrs=attrs))
+    pruned = _trial_run(sd, 4, 1e-5, 0.8, "pruned", accelerator)
+    _status(pruned, pruned_step=20, global_step=20)
+    (pruned / "progress.json").write_text(json.dumps({"total_steps": 100, "elapsed_s": 36.0, "step": 20}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.PRUNED,
+            params={"optim.lr": 1e-5, "optim.beta2": 0.9},
+            distributions=DISTS,
+            intermediate_values={10: 0.95, 20: 0.85},
+            user_attrs={"run_dir": str(pruned)},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"optim.lr": 2e-4, "optim.beta2": 0.98},
+            distributions=DISTS,
+            user_attrs={"fail_reason": "stale: job 123 is gone"},
+        )
+    )
+    return sd
+
+
+@pytest.fixture(scope="module")
+def optuna_report(tmp_path_factory):
+    sd = optuna_sweep(tmp_path_factory.mktemp("opt") / "lr_optuna")
+    res = build_report([sd], real=False)
+    return sd, res, (sd / "report" / "report.md").read_text(), (sd / "report" / "report.html").read_text()
+
+
+def test_optuna_trials_table_states_and_best(optuna_report):
+    sd, _, md, page = optuna_report
+    assert "## Optuna study lr_optuna" in md
+    assert "trials by state: COMPLETE 4, PRUNED 1, FAIL 1" in md
+    assert "Best trial 2: value 0.2, params {'optim.lr': 5e-05, 'optim.beta2': 0.92}" in md
+    table = md.split("## Optuna study lr_optuna")[1]
+    rows = {
+        int(r.split("|")[1]): r for r in table.splitlines() if r.startswith("| ") and r.split("|")[1].strip().isdigit()
+    }
+    assert sorted(rows) == [0, 1, 2, 3, 4, 5]
+    assert "| COMPLETE | 0.5 |" in rows[0] and "baseline" in rows[0]
+    assert "| PRUNED |" in rows[4] and "| 20 | 0.08 |" in rows[4]  # pruned at step 20, 0.08 device-h saved
+    assert "| FAIL |" in rows[5] and "stale: job 123 is gone" in rows[5]
+    summary = json.loads((sd / "report" / "summary.json").read_text())["optuna"][0]
+    assert summary["states"] == {"COMPLETE": 4, "PRUNED": 1, "FAIL": 1} and summary["best"]["trial"] == 2
+    assert "storage" in summary and summary["storage"].startswith("journal:///")
+
+
+def test_optuna_history_importances_and_saving_on_cpu(optuna_report):
+    _, _, md, page = optuna_report
+    study = optuna.load_study(study_name="lr_optuna", storage=_open(optuna_report[0]))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
+    expected = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    assert set(expected) == {"optim.lr", "optim.beta2"} and sum(expected.values()) == pytest.approx(1.0)
+    for param, value in expected.items():
+        assert f"| {param} | {value:.4g} |" in md
+    assert "![Optuna optimisation history](optuna_history.png)" in md
+    assert "![Optuna parameter importances](optuna_importances.png)" in md
+    assert 'alt="Optuna optimisation history"' in page and 'alt="Optuna parameter importances"' in page
+    # CPU runs: device-hours, never GPU-hours
+    assert "Pruning saved about 0.08 device-hours" in md and "CPU runs: no GPU time" in md
+    optuna_part = md.split("## Optuna study")[1]
+    assert "GPU-h" not in optuna_part and SAVED_COL in optuna_part
+
+
+def _open(sd: Path):
+    from neuromf.sweep.storage import find_storage, open_storage
+
+    return open_storage(find_storage(sd))
+
+
+def test_optuna_saving_on_gpu_says_gpu_hours(tmp_path):
+    sd = optuna_sweep(tmp_path / "gpu", accelerator="gpu")
+    build_report([sd], real=False)
+    md = (sd / "report" / "report.md").read_text()
+    assert "Pruning saved about 0.08 GPU-hours (devices x wall time per step x steps not run)." in md
+
+
+# -------------------------------------------------------------------------------------------- cost
+def _timed(run: Path, start: float, seconds: float, trainer: dict, sps: list[float], peak: list[float] | None):
+    """Started at ``start`` (provenance), status.json written ``seconds`` later; metrics with samples/s."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start))
+    _status(run, provenance={"git_commit": COMMIT, "git_dirty": True, "started": stamp})
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) | {"trainer": trainer}
+    _config(run, cfg)
+    cols = ["step", "epoch", "val/swd", "train/samples_per_s", *(["train/peak_mem_gb"] if peak else [])]
+    lines = [",".join(cols)]
+    for i, s in enumerate(sps):
+        lines.append(",".join([str(i), "0", "0.1", str(s), *([str(peak[i])] if peak else [])]))
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    os.utime(run / "status.json", (start + seconds, start + seconds))
+
+
+def test_cost_per_arm(tmp_path):
+    import torch
+
+    sd, t0 = tmp_path / "s", time.time() - 10_000
+    make_run(sd / "0", "u", 0, 0.1)
+    make_run(sd / "1", "x", 0, 0.2)
+    cpu = {"accelerator": "cpu", "devices": 2, "num_nodes": 1}
+    _timed(sd / "0", t0, 1800, cpu, [10.0, 20.0, 30.0], None)  # 0.5 h x 2 CPU processes = 1 device-hour
+    gpu = {"accelerator": "gpu", "devices": [0, 1, 2, 3], "num_nodes": 2}
+    _timed(sd / "1", t0, 900, gpu, [100.0, 300.0], [3.0, 5.5])  # 0.25 h x 4 GPUs x 2 nodes = 2 GPU-hours
+    (sd / "1" / "checkpoints").mkdir()
+    torch.save({"state_dict": {"net.w": torch.zeros(3, 4), "net.b": torch.zeros(5), "ema.w": torch.zeros(9)}},
+               sd / "1" / "checkpoints" / "last.ckpt")  # fmt: skip
+    records = load_sweep(sd)
+    cost = cost_table(records, ["u", "x"]).set_index("arm")
+    assert cost.loc["u", "wall time per run (min)"] == pytest.approx(30.0, abs=0.05)
+    assert cost.loc["u", "device-hours"] == pytest.approx(1.0, abs=0.01) and np.isnan(cost.loc["u", "GPU-hours"])
+    assert cost.loc["x", "device-hours"] == pytest.approx(2.0, abs=0.01)
+    assert cost.loc["x", "GPU-hours"] == pytest.approx(2.0, abs=0.01)
+    assert cost.loc["u", "samples/s (median)"] == 20.0 and cost.loc["x", "samples/s (median)"] == 200.0
+    assert cost.loc["x", "parameters"] == 17 and cost.loc["u", "parameters"] == ""  # net.* only; no checkpoint
+    assert cost.loc["x", "peak GPU memory (GiB)"] == 5.5 and np.isnan(cost.loc["u", "peak GPU memory (GiB)"])
+
+
+# -------------------------------------------------------------------------------------- provenance
+def test_provenance_table_and_lines(tmp_path):
+    sd = tmp_path / "s"
+    make_run(sd / "0", "u", 0, 0.1)
+    make_run(sd / "1", "x", 0, 0.2)
+    _status(sd / "0", wandb_run_id="abc123", provenance={"git_commit": COMMIT, "git_dirty": True,
+                                                          "started": "2026-01-02T03:04:05+0000"})  # fmt: skip
+    (sd / "0" / "wandb" / "offline-run-20260102_030405-abc123").mkdir(parents=True)
+    (sd / "1" / "wandb_id.txt").write_text("def456\n")  # the id file of a run whose status.json lacks it
+    _status(sd / "1", provenance={"git_commit": "f" * 40, "git_dirty": False, "started": "2026-01-03T00:00:00"})
+    overrides = {"hydra": ["hydra/launcher=local"], "task": ["sweep=demo", "trainer.max_epochs=2"]}
+    (sd / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": overrides}}))
+    table = provenance_table(load_sweep(sd), ["u", "x"]).set_index("arm")
+    assert table.loc["u", "W&B run id"] == "abc123"
+    assert table.loc["u", "W&B dir"] == str(sd / "0" / "wandb" / "offline-run-20260102_030405-abc123")
+    assert table.loc["u", "git commit"] == "0123456789ab (dirty)" and table.loc["x", "git commit"] == "f" * 12
+    assert table.loc["u", "started"] == "2026-01-02T03:04:05+0000" and table.loc["x", "W&B run id"] == "def456"
+    assert table.loc["x", "path"] == str(sd / "1")
+
+    build_report([sd], real=False)
+    md = (sd / "report" / "report.md").read_text()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert f"at git commit {head.stdout.strip()}" in md
+    assert time.strftime("Report written %Y-%m-%d") in md and "by `python -m neuromf.report" in md
+    assert f"Sweep {sd}: command: python -m neuromf.train -m hydra/launcher=local sweep=demo trainer.max_epochs=2" in md
+    assert "⚠ the runs were trained at 2 different git commits." in md
+
+
+# --------------------------------------------------------------------- reference levels, confound, gallery
+def _arms_with_refs_and_samples(sd: Path, confound: bool) -> None:
+    """Arms u / x (seeds 0, 1) differing in prediction_type; with ``confound`` also in the v-head and
+    data_proportion. Reference levels of swd: real 0.05, noise 1.0; samples at 1, 2 and 10 steps."""
+    job = 0
+    for pred, base in (("u", 0.1), ("x", 0.6)):
+        for seed in (0, 1):
+            run = sd / str(job)
+            make_run(run, pred, seed, base + 0.01 * seed)
+            v_head, prop = (pred == "u", 0.5 if pred == "u" else 0.75) if confound else (True, 0.5)
+            _config(run, {"seed": seed, "objective": "val/swd", "objective_mode": "min",
+                          "model": {"prediction_type": pred, "use_v_head": v_head},
+                          "loss": {"time_sampler": {"data_proportion": prop}}})  # fmt: skip
+            summary = {"reference": {"swd": {"real": 0.05, "noise": 1.0}}, "history": [{"epoch": 4, "step": 120}]}
+            (run / "eval").mkdir()
+            (run / "eval" / "summary.json").write_text(json.dumps(summary))
+            for nfe in (1, 2, 10):
+                _png(run / "samples" / "epoch_0004" / f"nfe_{nfe}" / "sample_00.png", nfe / 10)
+            job += 1
+    _png(sd / "0" / "real" / "val_00.png", 0.5)
+
+
+def test_reference_levels_confound_and_gallery(tmp_path):
+    sd = tmp_path / "s"
+    _arms_with_refs_and_samples(sd, confound=True)
+    res = build_report([sd], real=True)
+    md = (sd / "report" / "report.md").read_text()
+    page = (sd / "report" / "report.html").read_text()
+    # reference levels: in the intro and as columns of the evaluation table
+    assert "Reference levels of the objective's metric: noise ceiling 1, real floor 0.05" in md
+    row = next(r for r in md.splitlines() if r.startswith("| best val/swd (↓)"))
+    assert row.endswith("| 0.05 | 1 |")  # the table's last two columns: real floor, noise ceiling
+    # x (mean 0.605) closes (1 - 0.605) / (1 - 0.05) = 42% of the noise -> real gap: flagged; u (89%) not
+    assert "⚠ arm model.prediction_type=x: the objective closes only 42% of the gap" in md
+    assert "arm model.prediction_type=u: the objective closes" not in md
+    # confound: the label varies one key, three resolved keys differ
+    assert list(res["config_diff"].index) == ["loss.time_sampler.data_proportion", "model.prediction_type",
+                                              "model.use_v_head"]  # fmt: skip
+    assert (
+        "⚠ the arm label varies model.prediction_type but 3 resolved keys differ between the arms: "
+        "loss.time_sampler.data_proportion, model.prediction_type, model.use_v_head." in md
+    )
+    # gallery: per arm the smallest and the largest step count (1, 10; not 2), captioned, and the real volume
+    for arm in ("model.prediction_type=u", "model.prediction_type=x"):
+        assert f"*{arm} | 1 step | training step 120 | seed 0 | sample_00*" in md
+        assert f"*{arm} | 10 steps | training step 120 | seed 0 | sample_00*" in md
+    assert "| 2 steps |" not in md and "*real validation volume 0*" in md
+    assert page.count("<figcaption>model.prediction_type=") == 4 and 'alt="real validation volume 0"' in page
+
+
+def test_no_confound_when_the_label_is_the_only_difference(tmp_path):
+    sd = tmp_path / "s"
+    _arms_with_refs_and_samples(sd, confound=False)
+    build_report([sd], real=True)
+    md = (sd / "report" / "report.md").read_text()
+    assert "a confound" not in md and "resolved keys differ" not in md
+    assert "The arm label model.prediction_type resolves to: model.prediction_type." in md
+    assert "Real validation volumes not shown" not in md  # the run's saved real/ PNGs are used as they are
