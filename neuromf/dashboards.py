@@ -232,8 +232,8 @@ def _ref_panels(keys: set[str]) -> list:
     bases = sorted({metric_base(k) for k in keys if k.startswith("ref/")})
     return [
         wr.BarPlot(
-            title=f"{m}: real floor / noise ceiling",
-            metrics=[k for k in (f"ref/{m}/real", f"ref/{m}/noise") if k in keys],
+            title=f"{m}: real floor / collapsed / noise ceiling",
+            metrics=[k for k in (f"ref/{m}/real", f"ref/{m}/collapsed", f"ref/{m}/noise") if k in keys],
         )
         for m in bases
     ]

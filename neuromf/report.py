@@ -237,9 +237,15 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------- reference levels
+# the evaluation's reference sets (neuromf/evaluation/callback.py), best to worst: real training latents (the
+# floor), one of them repeated with small noise (a collapsed sampler), Gaussian noise latents (the ceiling)
+REFERENCE_NAMES = {"real": "real floor", "collapsed": "collapsed", "noise": "noise ceiling"}
+REFERENCE_COLORS = {"real": "g", "collapsed": "tab:orange", "noise": "r"}
+
+
 def reference_levels(records: list[RunRecord]) -> dict[str, dict[str, float]]:
-    """{metric: {"real": floor, "noise": ceiling}} from eval/summary.json or ``ref/<metric>/<level>`` columns
-    (mean over runs; the levels are computed once per data set, so runs agree)."""
+    """{metric: {"real": floor, "collapsed": ..., "noise": ceiling}} from eval/summary.json or
+    ``ref/<metric>/<level>`` columns (mean over runs; the levels are computed once per data set, so runs agree)."""
     found: dict[tuple[str, str], list[float]] = {}
     for r in records:
         levels = {}
@@ -607,10 +613,10 @@ def plot_curves(records, arms, key, path: Path, refs: dict | None = None) -> boo
                 ax.plot(s.index, s.values, ls="--", lw=0.8, color="grey", label=f"{arm} seed {r.seed} ({r.status})")
                 drawn = True
     if drawn:
-        for level, style in (("real", "g:"), ("noise", "r:")):
+        for level, color in REFERENCE_COLORS.items():
             v = (refs or {}).get(level)
             if v is not None:
-                ax.axhline(v, color=style[0], ls=":", lw=1, label=f"{level} reference ({v:.3g})")
+                ax.axhline(v, color=color, ls=":", lw=1, label=f"{level} reference ({v:.3g})")
         ax.set_xlabel("training step")
         ax.set_ylabel(key)
         ax.set_yscale("log" if _all_positive(ax) else "linear")
@@ -643,7 +649,7 @@ def plot_objective_bars(arms_df: pd.DataFrame, runs: pd.DataFrame, key: str, pat
     for i, arm in enumerate(arms_df["arm"]):
         vals = runs[(runs["arm"] == arm) & runs["used"]]["objective"].astype(float)
         ax.plot(vals, np.full(len(vals), i), "k.", ms=5)
-    for level, color in (("real", "g"), ("noise", "r")):
+    for level, color in REFERENCE_COLORS.items():
         v = (refs or {}).get(level)
         if v is not None:
             ax.axvline(v, color=color, ls=":", label=f"{level} reference ({v:.3g})")
@@ -744,8 +750,8 @@ def metric_summary(arms_df: pd.DataFrame, refs: dict, prefix: tuple[str, ...]) -
         }
         base = metric_base(key)
         if refs:
-            row["real floor"] = _fmt(refs.get(base, {}).get("real", math.nan))
-            row["noise ceiling"] = _fmt(refs.get(base, {}).get("noise", math.nan))
+            for level, name in REFERENCE_NAMES.items():
+                row[name] = _fmt(refs.get(base, {}).get(level, math.nan))
         d = metric_direction(key)
         rows[f"{col} ({'↓' if d == 'min' else '↑' if d == 'max' else '·'})"] = row
     df = pd.DataFrame.from_dict(rows, orient="index")
@@ -915,12 +921,29 @@ def gap_closed(value: float, refs: dict[str, float], mode: str = "min") -> float
 
 
 def untrained_warnings(arms_df: pd.DataFrame, obj_refs: dict[str, float], mode: str, least: float = 0.5) -> list:
-    """A ⚠ block per arm whose mean objective closes less than `least` of the noise -> real gap: its samples are
-    not clearly better than noise, so ranking it says nothing about the method."""
+    """A ⚠ block per arm whose mean objective closes less than `least` of the noise -> real gap (its samples are
+    not clearly better than noise), or is no better than the collapsed reference (one real volume repeated): in
+    both cases ranking the arm says little about the method."""
     blocks = []
+    collapsed = obj_refs.get("collapsed", math.nan)
     for _, row in arms_df.iterrows():
-        share = gap_closed(float(row["objective mean"]), obj_refs, mode)
-        if math.isfinite(share) and share < least:
+        value = float(row["objective mean"])
+        share = gap_closed(value, obj_refs, mode)
+        if (
+            math.isfinite(collapsed)
+            and math.isfinite(value)
+            and (value >= collapsed if mode == "min" else value <= collapsed)
+        ):
+            blocks.append(
+                (
+                    "p",
+                    f"⚠ arm {row['arm']}: the objective ({value:.4g}) is no better than a collapsed sampler's "
+                    f"({collapsed:.4g}: one real volume repeated with small noise), though it closes {share:.0%} of "
+                    "the noise -> real gap: its samples are far from the data (look at the gallery); compare arms "
+                    "only once they beat that level (train longer).",
+                )
+            )
+        elif math.isfinite(share) and share < least:
             blocks.append(
                 (
                     "p",
@@ -943,7 +966,7 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
     )
     if obj_refs:
         intro += " Reference levels of the objective's metric: " + ", ".join(
-            f"{k} {'floor' if k == 'real' else 'ceiling'} {v:.4g}" for k, v in obj_refs.items()
+            f"{name} {obj_refs[level]:.4g}" for level, name in REFERENCE_NAMES.items() if level in obj_refs
         )
     blocks = [("p", intro)]
     if n_max <= 1:

@@ -218,9 +218,11 @@ def test_provenance_table_and_lines(tmp_path):
 
 
 # --------------------------------------------------------------------- reference levels, confound, gallery
-def _arms_with_refs_and_samples(sd: Path, confound: bool) -> None:
+def _arms_with_refs_and_samples(sd: Path, confound: bool, collapsed: float | None = None) -> None:
     """Arms u / x (seeds 0, 1) differing in prediction_type; with ``confound`` also in the v-head and
-    data_proportion. Reference levels of swd: real 0.05, noise 1.0; samples at 1, 2 and 10 steps."""
+    data_proportion. Reference levels of swd: real 0.05, noise 1.0 (and ``collapsed``); samples at 1, 2 and 10
+    steps."""
+    levels = {"real": 0.05, "noise": 1.0} | ({"collapsed": collapsed} if collapsed is not None else {})
     job = 0
     for pred, base in (("u", 0.1), ("x", 0.6)):
         for seed in (0, 1):
@@ -230,7 +232,7 @@ def _arms_with_refs_and_samples(sd: Path, confound: bool) -> None:
             _config(run, {"seed": seed, "objective": "val/swd", "objective_mode": "min",
                           "model": {"prediction_type": pred, "use_v_head": v_head},
                           "loss": {"time_sampler": {"data_proportion": prop}}})  # fmt: skip
-            summary = {"reference": {"swd": {"real": 0.05, "noise": 1.0}}, "history": [{"epoch": 4, "step": 120}]}
+            summary = {"reference": {"swd": levels}, "history": [{"epoch": 4, "step": 120}]}
             (run / "eval").mkdir()
             (run / "eval" / "summary.json").write_text(json.dumps(summary))
             for nfe in (1, 2, 10):
@@ -241,17 +243,17 @@ def _arms_with_refs_and_samples(sd: Path, confound: bool) -> None:
 
 def test_reference_levels_confound_and_gallery(tmp_path):
     sd = tmp_path / "s"
-    _arms_with_refs_and_samples(sd, confound=True)
+    _arms_with_refs_and_samples(sd, confound=True, collapsed=0.3)
     res = build_report([sd], real=True)
     md = (sd / "report" / "report.md").read_text()
     page = (sd / "report" / "report.html").read_text()
     # reference levels: in the intro and as columns of the evaluation table
-    assert "Reference levels of the objective's metric: noise ceiling 1, real floor 0.05" in md
+    assert "Reference levels of the objective's metric: real floor 0.05, collapsed 0.3, noise ceiling 1" in md
     row = next(r for r in md.splitlines() if r.startswith("| best val/swd (↓)"))
-    assert row.endswith("| 0.05 | 1 |")  # the table's last two columns: real floor, noise ceiling
-    # x (mean 0.605) closes (1 - 0.605) / (1 - 0.05) = 42% of the noise -> real gap: flagged; u (89%) not
-    assert "⚠ arm model.prediction_type=x: the objective closes only 42% of the gap" in md
-    assert "arm model.prediction_type=u: the objective closes" not in md
+    assert row.endswith("| 0.05 | 0.3 | 1 |")  # the last columns: real floor, collapsed, noise ceiling
+    # x (mean 0.605) is worse than the collapsed level 0.3: flagged although it closes 42% of the gap; u (0.105) not
+    assert "⚠ arm model.prediction_type=x: the objective (0.605) is no better than a collapsed sampler's (0.3" in md
+    assert "closes 42% of the noise -> real gap" in md and "arm model.prediction_type=u: the objective" not in md
     # confound: the label varies one key, three resolved keys differ
     assert list(res["config_diff"].index) == ["loss.time_sampler.data_proportion", "model.prediction_type",
                                               "model.use_v_head"]  # fmt: skip
@@ -272,6 +274,9 @@ def test_no_confound_when_the_label_is_the_only_difference(tmp_path):
     _arms_with_refs_and_samples(sd, confound=False)
     build_report([sd], real=True)
     md = (sd / "report" / "report.md").read_text()
+    # without a collapsed level: x (mean 0.605) closes (1 - 0.605) / (1 - 0.05) = 42% of the gap: flagged; u not
+    assert "⚠ arm model.prediction_type=x: the objective closes only 42% of the gap" in md
+    assert "arm model.prediction_type=u: the objective closes" not in md
     assert "a confound" not in md and "resolved keys differ" not in md
     assert "The arm label model.prediction_type resolves to: model.prediction_type." in md
     assert "Real validation volumes not shown" not in md  # the run's saved real/ PNGs are used as they are

@@ -95,7 +95,8 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     evaluation = [f"val/{m}/nfe{n}" for m in metrics for n in nfes]
     evaluation += [f"val/{m}" for m in metrics if m in LEGACY]
     evaluation += ["val/eval_time_s"] if metrics else []
-    ref = [f"ref/{m}/{lvl}" for m in metrics for lvl in ("real", "noise")] if ev.get("reference_levels") else []
+    levels = ("real", "collapsed", "noise")  # the evaluation's reference sets (neuromf/evaluation/callback.py)
+    ref = [f"ref/{m}/{lvl}" for m in metrics for lvl in levels] if ev.get("reference_levels") else []
     samples_cfg = _get(cfg, "callbacks.samples", {}) or {}
     samples = (
         [f"samples/nfe_{n}" for n in sorted(samples_cfg.get("nfe_list", []))] if samples_cfg.get("enabled") else []
