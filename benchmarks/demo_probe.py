@@ -95,7 +95,6 @@ for step in range(1, a.steps + 1):
             out.append(f"{nm} c1 min {c1.min():.3f} med {c1.median():.3f} c4 min {c2.min():.3f} std1 {x1.std():.2f}")
         print(
             f"step {step} {el:.0f}s ({el / step:.2f}s/step) loss_u {float(diag['loss_u']):.3f} "
-            f"jvp {float(diag['jvp_norm']):.2f} | "
-            + " | ".join(out),
+            f"jvp {float(diag['jvp_norm']):.2f} | " + " | ".join(out),
             flush=True,
         )

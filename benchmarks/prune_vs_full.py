@@ -1,4 +1,4 @@
-"""Wall time of a pruned Optuna study against the same study unpruned (issue 15's closing note).
+"""Wall time of a pruned Optuna study against the same study unpruned.
 
     scripts/slurm-local.sh start
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prune_vs_full.py                   # local one-node SLURM
@@ -30,18 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from training_helpers import TINY  # noqa: E402  (the tests' tiny config, kept in one place)
+from training_helpers import HOPELESS, PRUNING_EPOCHS, TINY_TRAIN, slurm_launcher  # noqa: E402  (the tests' study)
 
-# conftest.TINY_TRAIN and test_sweep_pruning's EPOCHS / HOPELESS / MEDIAN / FOUR
-TINY_TRAIN = [*TINY, "trainer.log_every_n_steps=1", "data.batch_size=2", "torch_threads=1", "objective=val/loss_raw"]
-EPOCHS = ["trainer.max_epochs=3", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]  # 6 steps
-HOPELESS = [
-    "hydra.sweeper.params=null",
-    "optim.beta2=choice(0.99,0.999)",
-    "optim.lr=1e-12",
-    "hydra.sweeper.baselines=[{optim.lr:1e-3,optim.beta2:0.99},{optim.lr:1e-3,optim.beta2:0.999}]",
-]
-FOUR = [*HOPELESS, *EPOCHS, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
+FOUR = [*HOPELESS, *PRUNING_EPOCHS, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
 PRUNERS = {
     "median": [
         "hydra/sweeper/pruner=median",
@@ -56,14 +47,7 @@ def launcher_overrides(launcher: str, partition: str) -> list[str]:
     """conftest.slurm_launcher(partition) for SLURM; lr_optuna's own local launcher otherwise."""
     if launcher == "local":
         return ["hydra/launcher=local"]
-    return [
-        "hydra/launcher=slurm_a100",
-        f"hydra.launcher.partition={partition}",
-        "hydra.launcher.gpus_per_node=null",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2",
-        "hydra.launcher.timeout_min=5",
-    ]
+    return slurm_launcher(partition)
 
 
 def run_study(name: str, sweep: Path, launcher: list[str], timeout: float) -> dict:

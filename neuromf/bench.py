@@ -17,7 +17,7 @@ torch.cuda.max_memory_allocated per case (CUDA only) and, on every device, the b
 one step (autograd saved-tensor hooks, deduplicated by storage).
 Achieved TFLOP/s per case: the FLOPs of one step counted with FlopCounterMode (neuromf.bench_cost.count_flops, the
 eager step's FLOPs: a compiled function runs eagerly under the counter) / the median step time.
-Step-time targets (issue 13): MeanFlow <= 1.5x and iMF <= 2.0x the *fastest* FM step measured, compiled or eager: a
+Step-time targets: MeanFlow <= 1.5x and iMF <= 2.0x the *fastest* FM step measured, compiled or eager: a
 `--compile` run also times the eager FM step (`fm_eager`, on an uncompiled copy of the network), `--baseline` adds the
 FM rows of other runs (same device, preset, batch, dtype) and `--check` re-checks finished runs against each other.
 An out-of-memory case is recorded as "OOM". Prints a table and writes JSON (ratios to the flow-matching step).
@@ -366,7 +366,7 @@ def add_ratios(results: list[dict], baselines: list[dict] = (), source: str = "t
 
 
 def check_targets(results: list[dict]) -> dict:
-    """The issue's targets (meaningful for the maisi preset on an H100, bf16, batch >= 8): step time as a ratio to
+    """The step-time targets (meaningful for the maisi preset on an H100, bf16, batch >= 8): step time as a ratio to
     the fastest FM step (`ratio_ms_to_best_fm`, set by add_ratios), peak memory to this run's FM step."""
     out = {}
     for r in results:

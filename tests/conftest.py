@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from training_helpers import TINY
+from training_helpers import TINY, TINY_TRAIN, slurm_launcher  # noqa: F401  (re-exported to the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPT = REPO / "scripts" / "slurm-local.sh"
@@ -57,15 +57,6 @@ def postgres_url() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-# A training run that takes seconds on one CPU thread: a tiny UNet, 2 training batches of 2 demo latents, one
-# validation batch (val/loss_raw is the objective: eval=none logs no val/swd), CSV logging only.
-TINY_TRAIN = [
-    *TINY,
-    "trainer.log_every_n_steps=1",
-    "data.batch_size=2",
-    "torch_threads=1",
-    "objective=val/loss_raw",
-]
 TINY_EPOCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
 
 
@@ -78,18 +69,6 @@ def run_overrides(run_dir: Path) -> dict[str, str]:
     """key -> value of a run's .hydra/overrides.yaml."""
     lines = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     return dict(line.split("=", 1) for line in lines)
-
-
-def slurm_launcher(partition: str, timeout_min: int = 5) -> list[str]:
-    """Overrides that point conf/hydra/launcher/slurm_a100.yaml at the local CPU-only cluster."""
-    return [
-        "hydra/launcher=slurm_a100",
-        f"hydra.launcher.partition={partition}",
-        "hydra.launcher.gpus_per_node=null",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2",
-        f"hydra.launcher.timeout_min={timeout_min}",
-    ]
 
 
 @pytest.fixture(scope="session")

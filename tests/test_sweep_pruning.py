@@ -16,19 +16,13 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY_TRAIN, job_dirs, run_overrides, slurm_launcher
+from training_helpers import HOPELESS, PRUNING_EPOCHS
 
 from neuromf.sweep.storage import find_storage, open_storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 State = optuna.trial.TrialState
-EPOCHS = ["trainer.max_epochs=3", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]  # 6 steps
-# the good learning rate for both baselines (run first), a hopeless one for every sampled trial
-HOPELESS = [
-    "hydra.sweeper.params=null",
-    "optim.beta2=choice(0.99,0.999)",
-    "optim.lr=1e-12",
-    "hydra.sweeper.baselines=[{optim.lr:1e-3,optim.beta2:0.99},{optim.lr:1e-3,optim.beta2:0.999}]",
-]
+EPOCHS = PRUNING_EPOCHS  # 6 steps
 
 
 def _study(sweep_dir: Path, storage: str | None = None, name: str = "lr_optuna") -> optuna.Study:
