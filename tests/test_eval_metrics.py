@@ -1,6 +1,7 @@
 """KID, precision/recall/density/coverage, MS-SSIM diversity and the metric suite: known answers, bad input."""
 
 import logging
+import math
 
 import pytest
 import torch
@@ -78,3 +79,22 @@ def test_template_correlation_known_answers():
     assert corr[0] == pytest.approx(1.0) and corr[1] == pytest.approx(-1.0)
     assert corr[2] == pytest.approx(1 / 2**0.5, abs=0.1)  # equal-variance signal + independent noise
     assert template_correlation(noise, template).abs().mean() < 0.1
+
+
+def test_non_finite_samples_get_the_worst_values_and_a_log_line(caplog):
+    from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, RealReference
+
+    suite = MetricSuite(decode=None, feat3d=object(), knn_k=3)  # the extractor is never reached
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(6, 1, 8, 8, 8, generator=g)
+    samples = torch.randn(5, 1, 8, 8, 8, generator=g)
+    samples[1, 0, 0, 0, 0] = float("nan")
+    samples[3] = float("inf")
+    with caplog.at_level(logging.WARNING):
+        out = suite(samples, RealReference(latents=real, feat3d=_feats(6, 1)))
+    assert {m: out[m] for m in FEAT3D_METRICS} == {
+        m: (0.0 if m in HIGHER_IS_BETTER else math.inf) for m in FEAT3D_METRICS
+    }
+    assert [r.message for r in caplog.records] == [
+        "evaluation: 2 of 5 samples are not finite: feature metrics set to their worst values (0 / inf)"
+    ]

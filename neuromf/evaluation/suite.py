@@ -171,6 +171,12 @@ class MetricSuite:
         feat3d = feat3d and self.feat3d is not None and ref.feat3d is not None
         fid = fid and self.fid is not None and ref.fid is not None
         if not torch.isfinite(latents).all():
+            bad = int((~torch.isfinite(latents.flatten(1))).any(1).sum())
+            log.warning(
+                "evaluation: %d of %d samples are not finite: feature metrics set to their worst values (0 / inf)",
+                bad,
+                latents.shape[0],
+            )
             if feat3d:
                 out |= {m: (0.0 if m in HIGHER_IS_BETTER else math.inf) for m in FEAT3D_METRICS}
             if fid:
