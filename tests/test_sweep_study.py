@@ -177,3 +177,38 @@ def test_lr_optuna_baseline_is_conf_optim_adamw_inside_the_search_space():
         assert value == adamw[key.removeprefix("optim.")], key
         dist = create_optuna_distribution_from_override(parser.parse_override(f"{key}={cfg.hydra.sweeper.params[key]}"))
         assert dist._contains(dist.to_internal_repr(value)), (key, value, dist)
+
+
+def test_telling_the_last_grid_trial_and_an_already_closed_trial(caplog):
+    """GridSampler's after_trial calls study.stop() once the grid is done, which raises outside study.optimize()
+    after the state is stored; a trial another launcher closed cannot be told again. Both end as stored, no crash."""
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [0, 1]}))
+    trials = [study.ask({"x": optuna.distributions.CategoricalDistribution([0, 1])}) for _ in range(2)]
+    for trial, value in zip(trials, (1.0, 2.0), strict=True):
+        assert ResumableOptunaSweeper._tell(study, trial, SimpleNamespace(return_value=value), 1) is None
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.value for t in study.get_trials()] == [1.0, 2.0]
+    closed = optuna.create_study()
+    trial = closed.ask()
+    closed.tell(trial, state=optuna.trial.TrialState.FAIL)  # e.g. closed as stale by another launcher
+    assert ResumableOptunaSweeper._tell(closed, trial, SimpleNamespace(return_value=3.0), 1) is None
+    assert closed.get_trials()[0].state == optuna.trial.TrialState.FAIL
+    running = optuna.create_study()
+    with pytest.raises(ValueError, match="Cannot tell with state"):  # a trial left RUNNING re-raises
+        ResumableOptunaSweeper._tell_once(running, running.ask(), state=optuna.trial.TrialState.RUNNING)
+
+
+def test_a_fresh_trial_without_a_recorded_launcher_is_not_stale():
+    """Between study.ask() and the launcher recording itself, another launcher of the study may look: a trial that
+    just started is left alone; one that has had no launcher for long is stale."""
+    import datetime
+
+    from neuromf.sweep.pruning import UNRECORDED_GRACE_S, stale_reason
+
+    study = optuna.create_study()
+    study.ask()
+    assert stale_reason(study.get_trials()[0]) is None
+    old = datetime.datetime.now() - datetime.timedelta(seconds=UNRECORDED_GRACE_S + 1)
+    assert stale_reason(SimpleNamespace(user_attrs={}, datetime_start=old)) == (
+        "stale: no job or launcher recorded for this trial"
+    )

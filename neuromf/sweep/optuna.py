@@ -193,17 +193,31 @@ class ResumableOptunaSweeper(OptunaSweeper):
         try:
             value = ret.return_value
             if isinstance(value, Pruned):
-                study.tell(trial, state=TrialState.PRUNED)
-                return None
-            values = [float(value)] if n_directions == 1 else [float(v) for v in value]
-            if len(values) != n_directions:
-                raise ValueError(f"expected {n_directions} objective values, got {len(values)}")
-            study.tell(trial, values=values)  # NaN -> FAIL (Optuna)
-            return None
+                outcome = {"state": TrialState.PRUNED}
+            else:
+                values = [float(value)] if n_directions == 1 else [float(v) for v in value]
+                if len(values) != n_directions:
+                    raise ValueError(f"expected {n_directions} objective values, got {len(values)}")
+                outcome = {"values": values}  # NaN -> FAIL (Optuna)
         except Exception as err:  # the job raised, or returned nothing usable
-            study.tell(trial, state=TrialState.FAIL)
+            ResumableOptunaSweeper._tell_once(study, trial, state=TrialState.FAIL)
             log.warning("failed experiment: %s", err)
             return err
+        ResumableOptunaSweeper._tell_once(study, trial, **outcome)
+        return None
+
+    @staticmethod
+    def _tell_once(study: optuna.Study, trial, **outcome) -> None:
+        """study.tell, where the trial may already be finished when it raises: GridSampler's after_trial calls
+        study.stop() once the grid is done (an error outside study.optimize, after the state is stored), and another
+        launcher of the same study may have closed the trial. A trial still RUNNING re-raises."""
+        try:
+            study.tell(trial, **outcome)
+        except Exception as err:
+            state = study._storage.get_trial(trial._trial_id).state
+            if state == TrialState.RUNNING:
+                raise
+            log.info("trial %d is %s (%s)", trial.number, state.name, err)
 
     def _save_results(self, study: optuna.Study, directions: list[str]) -> None:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

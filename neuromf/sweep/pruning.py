@@ -3,6 +3,7 @@ says so; and the launcher side's check for trials whose jobs are gone."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+
+from neuromf.tracking.lock import pid_alive
 
 log = logging.getLogger(__name__)
 PRUNER_ATTR = "neuromf_pruner"  # study user attr: the sweeper's pruner config, instantiated again by each job
@@ -180,14 +183,7 @@ def slurm_state(job_id: str) -> str | None:
     return states[0] if out.returncode == 0 and states else None
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+UNRECORDED_GRACE_S = 600.0  # a RUNNING trial with no launcher recorded is left alone this long after it started
 
 
 def stale_reason(trial) -> str | None:
@@ -209,6 +205,10 @@ def stale_reason(trial) -> str | None:
         return f"stale: job in {run_dir} no longer runs (no live lock; {where})"
     host, pid = attrs.get("launcher_host"), attrs.get("launcher_pid")
     if host is None or pid is None:
+        # a launcher records itself right after study.ask(): another launcher of the same study may look in between
+        started = trial.datetime_start
+        if started is not None and (datetime.datetime.now() - started).total_seconds() < UNRECORDED_GRACE_S:
+            return None
         return "stale: no job or launcher recorded for this trial"
     if host != socket.gethostname():
         return None

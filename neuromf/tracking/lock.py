@@ -3,7 +3,9 @@
 The holder writes its host, pid and SLURM job id into the file. A second process is refused (`RunLockedError`
 naming the holder). The kernel releases a flock when its holder dies (kill -9, node reboot, SLURM preemption),
 so a requeued job takes the lock over; the holder's line is still in the file then, and the new holder says
-that it took over a stale lock. On a clean exit the file is emptied. (On NFS, Linux emulates flock with POSIX
+that it took over a stale lock. DataLoader workers forked by the holder share its lock until they exit, which they
+do seconds after it dies: when the line names a dead process on this host, the lock is retried for up to
+ORPHAN_WAIT_S before the run is refused. On a clean exit the file is emptied. (On NFS, Linux emulates flock with POSIX
 byte-range locks, which NFSv4 shares between nodes.)
 
 Lustre mounted without the `flock` option (or with `noflock`) fails every flock with ENOSYS: the lock raises
@@ -18,12 +20,14 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 ENV = "NEUROMF_RUN_LOCK"  # "off": no flock (a filesystem without flock support)
 # flock on a filesystem that does not implement it: Lustre without -o flock (ENOSYS), some FUSE/NFS mounts
 UNSUPPORTED_ERRNOS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
+ORPHAN_WAIT_S = 30.0  # how long a dead holder's orphaned children (DataLoader workers) may keep the lock
 
 
 class RunLockedError(Exception):
@@ -49,6 +53,25 @@ def unsupported_message(err: OSError) -> str:
     )
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder_pid_alive_here(line: str) -> bool:
+    """False only when the holder line names this host and a pid that no longer exists."""
+    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    if fields.get("host") != socket.gethostname() or not fields.get("pid", "").isdigit():
+        return True
+    return pid_alive(int(fields["pid"]))
+
+
 def holder_line() -> str:
     job = os.environ.get("SLURM_JOB_ID")
     return f"host={socket.gethostname()} pid={os.getpid()} slurm_job={job or '-'}"
@@ -70,7 +93,7 @@ class RunLock:
         self._locked = not lock_disabled()
         try:
             if self._locked:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._flock(fd)
             else:
                 log.warning("%s=off: %s is not locked; no two processes may use this run dir", ENV, self.path)
         except BlockingIOError:
@@ -96,6 +119,22 @@ class RunLock:
         os.fsync(fd)
         self._fd = fd
         return self
+
+    @staticmethod
+    def _flock(fd: int, orphan_wait_s: float = ORPHAN_WAIT_S) -> None:
+        """flock(fd) without blocking; when the lock is held but its holder line names a dead process on this host,
+        its orphaned children (DataLoader workers forked with the lock's fd) still hold it until they notice their
+        parent is gone (seconds): retry for up to ``orphan_wait_s`` before giving up."""
+        deadline = time.monotonic() + orphan_wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace")
+                if _holder_pid_alive_here(holder) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def release(self) -> None:
         if self._fd is None:
