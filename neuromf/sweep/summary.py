@@ -44,7 +44,7 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
 
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
     """One row per run dir of the sweep: job, overrides, status, reason, objective, and for pruned runs the
-    step they stopped at and the GPU-hours that saved (estimated); written as JSON and CSV."""
+    step they stopped at and the device-hours that saved (estimated; column `saved_gpu_h`); written as JSON and CSV."""
     rows = []
     for run in load_sweep(sweep_dir):
         objective = run.objective if run.objective is not None and math.isfinite(run.objective) else None
@@ -84,5 +84,5 @@ class SweepSummary(Callback):
         done = sum(r["status"] == "completed" for r in rows)
         pruned = [r for r in rows if r["status"] == "pruned"]
         saved = sum(r["saved_gpu_h"] or 0 for r in pruned)
-        log.info("sweep summary: %d/%d arms completed, %d pruned (~%.3g GPU-h saved) -> %s", done, len(rows),
+        log.info("sweep summary: %d/%d arms completed, %d pruned (~%.3g device-h saved) -> %s", done, len(rows),
                  len(pruned), saved, sweep_dir / "sweep_summary.csv")  # fmt: skip
