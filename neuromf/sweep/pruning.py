@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from neuromf.tracking.lock import pid_alive
+from neuromf.tracking.lock import holder_fields, pid_alive
 
 log = logging.getLogger(__name__)
 PRUNER_ATTR = "neuromf_pruner"  # study user attr: the sweeper's pruner config, instantiated again by each job
@@ -163,7 +163,7 @@ def lock_holder(run_dir: str | Path) -> str | None:
 def holder_alive(line: str) -> bool:
     """Whether the process of a holder line (`host=... pid=... slurm_job=...`) may still run: its SLURM job is
     pending/running, or its pid lives on this host; a holder on another host without a SLURM job counts as live."""
-    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    fields = holder_fields(line)
     job, host, pid = fields.get("slurm_job", "-"), fields.get("host"), fields.get("pid", "")
     if job not in ("", "-"):
         return slurm_state(job) in SLURM_ACTIVE

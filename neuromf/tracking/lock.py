@@ -64,9 +64,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def holder_fields(line: str) -> dict[str, str]:
+    """A holder line `host=... pid=... slurm_job=...` -> {"host": ..., "pid": ..., "slurm_job": ...}."""
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
 def _holder_pid_alive_here(line: str) -> bool:
     """False only when the holder line names this host and a pid that no longer exists."""
-    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    fields = holder_fields(line)
     if fields.get("host") != socket.gethostname() or not fields.get("pid", "").isdigit():
         return True
     return pid_alive(int(fields["pid"]))
