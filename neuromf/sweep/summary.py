@@ -76,6 +76,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():  # refused before any job started (e.g. DistinctArms): nothing to summarise
+            return
         try:
             rows = summarize_sweep(sweep_dir)
         except FileNotFoundError as err:
