@@ -36,7 +36,7 @@ def _compose(overrides: list[str], hydra: bool = False):
     return compose(config_name="train", overrides=overrides, return_hydra_config=hydra)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flat_cached(overrides: tuple[str, ...]) -> dict:
     return flat_config(OmegaConf.to_container(_compose(list(overrides)), resolve=False))
 
