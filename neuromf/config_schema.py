@@ -80,6 +80,7 @@ SCHEMA: tuple[Rule, ...] = (
     Rule("data.batch_size", "int", "an integer >= 1", lambda v: v >= 1),
     Rule("data.split", "fractions", "2 or 3 fractions in [0, 1] summing to 1 (within 1e-6)", _fractions),
     Rule("data.split_ratio", "float", "a number in (0, 1] (or null)", lambda v: 0 < v <= 1, nullable=True),
+    Rule("data.split_seed", "int", "an integer >= 0", lambda v: v >= 0),
     Rule("data.num_workers", "int", "an integer >= 0", lambda v: v >= 0),
     Rule("data.mask_ratio", "float", "a number in [0, 1)", lambda v: 0 <= v < 1),
     Rule("data.cache_max_fraction", "float", "a number in (0, 1]", lambda v: 0 < v <= 1),

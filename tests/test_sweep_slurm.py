@@ -59,6 +59,9 @@ def test_grid_2x2_on_slurm(slurm_cluster, neuromf_multirun, tmp_path):
         assert config["optim"]["lr"] == float(ov["optim.lr"]) and config["seed"] == int(ov["seed"])
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert arms == {(1e-4, 0), (1e-4, 1), (3e-4, 0), (3e-4, 1)}
+    # every arm and seed trains, validates and tests on the same subjects (data.split_seed, not the run seed)
+    splits = {(d / "split.json").read_text() for d in run_dirs}
+    assert len(splits) == 1 and json.loads(splits.pop())["split_seed"] == 0
     # the runs ran as the 4 tasks of one SLURM job array (submitit's folders are <array id>_<task>/)
     task_dirs = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
     (array_id,) = {d.split("_")[0] for d in task_dirs}

@@ -150,7 +150,9 @@ def _available_memory_bytes() -> int:
 class LatentDataModule(pl.LightningDataModule):
     """Reads ``<latent_dir>/manifest.csv`` + ``stats.json``; see the shared data API for the contract.
 
-    split: (train, val, test) fractions, stratified by dataset x diagnosis, deterministic in ``seed``;
+    split: (train, val, test) fractions, stratified by dataset x diagnosis, deterministic in ``split_seed`` (fixed
+    by default and independent of the run's ``seed``, so every arm and seed of a sweep trains, validates and tests
+    on the same subjects; ``seed`` drives shuffling and augmentation only);
     split_ratio: legacy 2-way train fraction (0.9 -> 90/10/0), wins over ``split`` when given.
     normalize: True -> (z - channel_mean) / channel_std; False -> z * stats["encoder"]["scale_factor"].
     """
@@ -163,6 +165,7 @@ class LatentDataModule(pl.LightningDataModule):
         split: Sequence[float] = (0.85, 0.10, 0.05),
         split_ratio: float | None = None,
         seed: int = 0,
+        split_seed: int = 0,
         num_workers: int = 0,
         cache_in_memory: bool = True,
         normalize: bool = True,
@@ -180,6 +183,10 @@ class LatentDataModule(pl.LightningDataModule):
             log.warning("split_ratio is the legacy 2-way split; use split=(train, val, test) instead")
         self.ratios = resolve_ratios(split, split_ratio)
         self.seed = int(seed)
+        self.split_seed = int(split_seed)
+        if self.split_seed != 0:
+            log.warning("data.split_seed=%d: not the default split (0); runs with another split_seed train, validate "
+                        "and test on other subjects and are not comparable with them", self.split_seed)  # fmt: skip
         self.num_workers = int(num_workers)
         self.cache_in_memory = bool(cache_in_memory)
         self.normalize = bool(normalize)
@@ -304,9 +311,10 @@ class LatentDataModule(pl.LightningDataModule):
             if unused:
                 log.warning("%s: %d manifest subjects are not in the saved split and are not used", path, len(unused))
             return split
-        split = stratified_split(self.store.rows, self.ratios, self.seed)
+        split = stratified_split(self.store.rows, self.ratios, self.split_seed)
         if path is not None:
-            save_split(path, split, self.ratios, self.seed)
+            save_split(path, split, self.ratios, self.split_seed)
+        log.info("split (data.split_seed=%d): %s", self.split_seed, ", ".join(f"{k} {len(split[k])}" for k in SPLIT_NAMES))
         return split
 
     # ------------------------------------------------------------------ loading

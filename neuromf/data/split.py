@@ -73,7 +73,7 @@ def stratified_split(rows: list[dict], ratios=(0.85, 0.10, 0.05), seed: int = 0)
 def save_split(path: str | os.PathLike, split: dict, ratios, seed: int) -> Path:
     from neuromf.data.store import atomic_write_text
 
-    payload = {"seed": seed, "ratios": list(ratios), **{k: list(split[k]) for k in SPLIT_NAMES}}
+    payload = {"split_seed": seed, "ratios": list(ratios), **{k: list(split[k]) for k in SPLIT_NAMES}}
     return atomic_write_text(path, json.dumps(payload, indent=2))
 
 
