@@ -154,5 +154,21 @@ def config_errors(cfg: Any, schema: Sequence[Rule] = SCHEMA) -> list[str]:
 def check_config(cfg: Any, schema: Sequence[Rule] = SCHEMA) -> None:
     """Raise ConfigError when a value is outside its allowed range (one line per value: key, value, range)."""
     errors = config_errors(cfg, schema)
+    errors += direction_errors(cfg)
     if errors:
         raise ConfigError("\n".join(f"invalid config: {e}" for e in errors))
+
+
+def direction_errors(cfg: Any) -> list[str]:
+    """`objective_mode` against the direction of the `objective` metric (a lower-is-better distance maximised, or
+    a correlation minimised, would select and prune the wrong runs): one line when they contradict."""
+    from neuromf.tracking.keys import metric_direction
+
+    objective, mode = _get(cfg, "objective"), _get(cfg, "objective_mode")
+    if not isinstance(objective, str) or mode not in ("min", "max"):
+        return []
+    known = metric_direction(objective)
+    if known is None or known == mode:
+        return []
+    better = "higher" if known == "max" else "lower"
+    return [f"objective_mode={mode!r}: objective={objective} is {better}-is-better; set objective_mode={known}"]

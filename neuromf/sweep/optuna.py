@@ -44,6 +44,10 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
 
 ConfigStore.instance().store(group="hydra/sweeper", name="resumable_optuna_schema", node=ResumableOptunaSweeperConf)
 
+OPTUNA_DIRECTION = {"min": "minimize", "max": "maximize"}
+# hydra.sweeper.direction: ${optuna_direction:${objective_mode}} — the study follows the run's objective_mode
+OmegaConf.register_new_resolver("optuna_direction", lambda mode: OPTUNA_DIRECTION.get(str(mode), mode), replace=True)
+
 
 def _plain(x):
     return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig | ListConfig) else x
