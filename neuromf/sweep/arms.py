@@ -1,16 +1,13 @@
 """The arms of a grid sweep before it starts: the jobs Hydra's basic sweeper will launch, each composed as its job
-will be, and a refusal when two of them are the same run (identical composed configs, seed included).
+will be, and the pairs of jobs that would be the same run (identical composed configs, seed included).
 
-Hydra composes every job, but it has no notion of two jobs being the same: a preset or a sweep file that sets an
-ablation group's keys in its body makes all arms identical without an error. `DistinctArms` (registered in
-conf/train.yaml under hydra.callbacks) composes the grid in the launching process and stops the sweep with one
-line (exit 2) naming the jobs that would run the same config. Optuna sweeps choose their trials as they go and
-are not checked here.
+Hydra composes every job but has no notion of two jobs being the same: a preset or a sweep file that sets an
+ablation group's keys in its body makes all arms identical without an error (neuromf/sweep/preflight.py refuses
+such a sweep). Optuna sweeps choose their trials as they go and have no grid.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
@@ -68,13 +65,3 @@ def identical_jobs_message(config: DictConfig, pairs: list[tuple[int, int]]) -> 
         f"jobs {i} ({' '.join(jobs[i])}) and {j} ({' '.join(jobs[j])}) compose the same config{more}: "
         "the arms would not differ; check that no preset or sweep file sets the swept keys, or drop the repeat"
     )
-
-
-class DistinctArms(Callback):
-    """Refuses a grid sweep with two identical jobs before any job starts: one line, exit 2."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        pairs = identical_jobs(config)
-        if pairs:
-            print(f"error: {identical_jobs_message(config, pairs)}", file=sys.stderr)
-            sys.exit(2)

@@ -46,7 +46,14 @@ ConfigStore.instance().store(group="hydra/sweeper", name="resumable_optuna_schem
 
 OPTUNA_DIRECTION = {"min": "minimize", "max": "maximize"}
 # hydra.sweeper.direction: ${optuna_direction:${objective_mode}} — the study follows the run's objective_mode
-OmegaConf.register_new_resolver("optuna_direction", lambda mode: OPTUNA_DIRECTION.get(str(mode), mode), replace=True)
+
+
+def optuna_direction(mode: str) -> str:
+    """objective_mode -> the Optuna study direction (min -> minimize, max -> maximize)."""
+    return OPTUNA_DIRECTION.get(str(mode), str(mode))
+
+
+OmegaConf.register_resolver("optuna_direction", optuna_direction, replace=True)
 
 
 def _plain(x):

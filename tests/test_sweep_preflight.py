@@ -1,0 +1,83 @@
+"""A multirun is checked before any job starts: one objective direction for the study, the runs, the report;
+no GPU launcher profile for a CPU trainer; one line and exit 2 for each refusal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import neuromf.sweep  # noqa: F401  (registers the resumable_optuna sweeper and the optuna_direction resolver)
+from neuromf.config_schema import ConfigError, check_config
+from neuromf.sweep.preflight import gpu_launcher_error, preflight_errors, sweeper_direction_error
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hydra():
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        yield
+
+
+def _cfg(*overrides: str):
+    cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    OmegaConf.update(cfg, "hydra.overrides.task", list(overrides), force_add=True)
+    return cfg
+
+
+@pytest.mark.parametrize("sweep", ["lr_optuna", "joint_optuna"])
+@pytest.mark.parametrize(("mode", "objective", "direction"), [
+    ("min", "val/feat3d_fd/nfe1", "minimize"),
+    ("max", "val/template_corr/nfe1", "maximize"),
+])  # fmt: skip
+def test_the_study_direction_is_the_objective_mode(sweep, mode, objective, direction):
+    cfg = _cfg(f"sweep={sweep}", f"objective={objective}", f"objective_mode={mode}")
+    assert OmegaConf.select(cfg, "hydra.sweeper.direction") == direction  # composed, resolved
+    assert preflight_errors(cfg) == []
+
+
+def test_a_direction_set_apart_from_objective_mode_is_refused():
+    cfg = _cfg("sweep=lr_optuna", "objective=val/template_corr/nfe1", "objective_mode=max",
+               "hydra.sweeper.direction=minimize")  # fmt: skip
+    message = sweeper_direction_error(cfg)
+    assert "hydra.sweeper.direction=minimize contradicts objective_mode=max" in message and "(maximize)" in message
+    assert preflight_errors(cfg) == [message]
+
+
+def test_an_objective_mode_against_the_metrics_direction_is_refused_in_runs_and_sweeps():
+    cfg = _cfg("sweep=lr_optuna", "objective=val/template_corr/nfe1")  # objective_mode stays min
+    (error,) = preflight_errors(cfg)
+    assert error == (
+        "objective_mode='min': objective=val/template_corr/nfe1 is higher-is-better; set objective_mode=max"
+    )
+    with pytest.raises(ConfigError, match="set objective_mode=max"):
+        check_config(cfg)
+    check_config(_cfg("objective=val/loss_raw"))  # a loss: min, as the default mode
+
+
+def test_a_gpu_launcher_profile_is_refused_for_the_cpu_trainer():
+    message = gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "sweep=v_head"))
+    assert "gpus_per_node=1" in message and "trainer.accelerator=cpu" in message and "CPU demo data" in message
+    assert "experiment=brain_maisi data.latent_dir=" in message
+    assert gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "experiment=brain_maisi")) is None
+    assert gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "experiment=demo_gpu")) is None
+    assert gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "hydra.launcher.gpus_per_node=null")) is None
+    assert gpu_launcher_error(_cfg("hydra/launcher=local", "sweep=v_head")) is None
+
+
+def test_a_contradicting_sweep_exits_2_in_one_line_before_any_job(tmp_path):
+    sweep_dir = tmp_path / "study"
+    cmd = [sys.executable, "-m", "neuromf.train", "-m", "sweep=lr_optuna", "objective=val/template_corr/nfe1",
+           "objective_mode=max", "hydra.sweeper.direction=minimize", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "contradicts objective_mode=max" in errors[0]
+    assert not sweep_dir.exists()
