@@ -314,7 +314,8 @@ class LatentDataModule(pl.LightningDataModule):
         split = stratified_split(self.store.rows, self.ratios, self.split_seed)
         if path is not None:
             save_split(path, split, self.ratios, self.split_seed)
-        log.info("split (data.split_seed=%d): %s", self.split_seed, ", ".join(f"{k} {len(split[k])}" for k in SPLIT_NAMES))
+        sizes = ", ".join(f"{k} {len(split[k])}" for k in SPLIT_NAMES)
+        log.info("split (data.split_seed=%d): %s", self.split_seed, sizes)
         return split
 
     # ------------------------------------------------------------------ loading
