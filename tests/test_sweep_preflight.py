@@ -81,3 +81,42 @@ def test_a_contradicting_sweep_exits_2_in_one_line_before_any_job(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "contradicts objective_mode=max" in errors[0]
     assert not sweep_dir.exists()
+
+
+def _identity(*overrides: str, lr: str = "tag(log, interval(1e-5, 1e-3))"):
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    from neuromf.sweep.optuna import study_identity
+
+    cfg = _cfg("sweep=lr_optuna", *overrides)
+    params = [f"{k}={lr if k == 'optim.lr' else v}" for k, v in cfg.hydra.sweeper.params.items()]
+    space, _, _ = create_params_from_overrides(params)
+    return study_identity(cfg, space)
+
+
+def test_a_study_is_keyed_by_its_search_space_and_fixed_config(tmp_path):
+    import optuna
+
+    from neuromf.sweep.optuna import StudyMismatchError, check_study_identity
+    from neuromf.sweep.storage import open_storage
+
+    base = _identity()
+    # the launcher, the storage form, n_trials and logging do not change what a trial measures
+    assert (
+        _identity("hydra/launcher=slurm_a100", "hydra.sweeper.n_trials=3", "logger=csv", "torch_threads=1")[0]
+        == (base[0])
+    )
+    assert _identity("experiment=demo_gpu")[0] != base[0]
+    assert _identity(lr="tag(log, interval(1e-4, 1e-2))")[0] != base[0]
+
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(study_name="lr_optuna", storage=storage)
+    check_study_identity(study, *base, where="optuna.journal")  # a new study records its identity
+    again = optuna.load_study(study_name="lr_optuna", storage=storage)
+    check_study_identity(again, *base, where="optuna.journal")  # the same sweep resumes it
+    with pytest.raises(StudyMismatchError) as err:
+        check_study_identity(again, *_identity("experiment=demo_gpu"), where="optuna.journal")
+    message = str(err.value)
+    assert "study 'lr_optuna' in optuna.journal was created with another search space or fixed config" in message
+    assert "data._target_" in message or "model.num_channels" in message or "trainer" in message
+    assert "\n" not in message

@@ -7,6 +7,8 @@ Re-running the same command runs only the trials still missing (`n_trials` is th
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -62,6 +64,54 @@ def _plain(x):
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+IDENTITY_ATTR = "config_identity"  # study user attrs: the hash and the flat fixed config it hashes
+IDENTITY_CONFIG_ATTR = "config_identity_keys"
+# keys that do not change what a trial measures: a study resumed with other values of these is the same study
+IDENTITY_IGNORED = ("hydra", "optuna", "logger", "torch_threads", "raise_on_failure", "ckpt_path",
+                    "data.num_workers", "trainer.enable_progress_bar", "trainer.enable_model_summary")  # fmt: skip
+
+
+def study_identity(config: DictConfig, space: dict) -> tuple[str, dict[str, str]]:
+    """(hash, flat fixed config) of a study: the search space (each parameter's distribution) and every config
+    key the sweep does not search, unresolved (launcher and logging keys excluded: the local and SLURM launchers
+    pointed at one storage find the same study)."""
+    from neuromf.tracking.run import flat_config
+
+    flat = flat_config(OmegaConf.to_container(config, resolve=False))
+    fixed = {
+        k: json.dumps(v, sort_keys=True, default=str)
+        for k, v in flat.items()
+        if k not in space and not any(k == p or k.startswith(f"{p}.") for p in IDENTITY_IGNORED)
+    }
+    keys = {**{f"space:{k}": repr(v) for k, v in sorted(space.items())}, **fixed}
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+    return digest, keys
+
+
+class StudyMismatchError(Exception):
+    """An existing study was created with another search space or fixed config."""
+
+
+def check_study_identity(study: optuna.Study, digest: str, keys: dict[str, str], where: str) -> None:
+    """Records the identity on a new study (or one that predates it); refuses a study created otherwise."""
+    recorded = study.user_attrs.get(IDENTITY_ATTR)
+    if recorded is None:
+        study.set_user_attr(IDENTITY_ATTR, digest)
+        study.set_user_attr(IDENTITY_CONFIG_ATTR, keys)
+        return
+    if recorded == digest:
+        return
+    old = study.user_attrs.get(IDENTITY_CONFIG_ATTR) or {}
+    changed = sorted(k for k in old.keys() | keys.keys() if old.get(k) != keys.get(k))
+    shown = ", ".join(f"{k}: {old.get(k, '-')} -> {keys.get(k, '-')}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    raise StudyMismatchError(
+        f"study {study.study_name!r} in {where} was created with another search space or fixed config "
+        f"({shown}{more}); its trials would be mixed with these: use another hydra.sweep.dir (a new study), or "
+        "re-run with the study's own config to resume it"
+    )
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
@@ -143,6 +193,11 @@ class ResumableOptunaSweeper(OptunaSweeper):
         directions = impl._get_directions()
         storage_url = self._storage_url()
         study = self._study(storage_url, directions)
+        try:
+            check_study_identity(study, *study_identity(impl.config, space), where=str(storage_url))
+        except StudyMismatchError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         log.info("study %r in %s (pruner %s)", study.study_name, storage_url, type(study.pruner).__name__)
 
         closed = self.close_stale_trials(study)
