@@ -32,6 +32,14 @@ from neuromf.data.io import (
     load_preprocessed,
     strip_nifti_suffix,
 )
+from neuromf.data.shards import (
+    MergedShards,
+    Shard,
+    collect_shards,
+    finished_record,
+    inputs_hash,
+    write_shard_record,
+)
 from neuromf.data.store import (
     ERROR_COLUMNS,
     MANIFEST_COLUMNS,
@@ -138,6 +146,102 @@ def finalize_store(
     return write_stats(out_dir, rows, {**encoder_cfg, "scale_factor": scale}, preprocess_cfg)
 
 
+def plan_inputs(items: list[InputItem]) -> tuple[list[tuple[int, InputItem]], list[tuple[int, InputItem, str]]]:
+    """-> (todo, duplicates): the (input index, item) pairs to encode, and the later uses of a subject id that an
+    earlier input already has (after making ids file-name safe), each with its message. Over the whole input list,
+    so that every shard of it agrees."""
+    first: dict[str, InputItem] = {}
+    todo, duplicates = [], []
+    for index, it in enumerate(items):
+        key = safe_name(it.subject)
+        if key in first:
+            msg = f"{it.path}: duplicate subject id {it.subject!r} (also used by {first[key].path})"
+            duplicates.append((index, it, msg))
+            continue
+        first[key] = it
+        todo.append((index, it))
+    return todo, duplicates
+
+
+@dataclass
+class EncodedItems:
+    """What encoding a list of inputs gave: manifest rows and errors, each with its input ``index``."""
+
+    rows: list[dict]
+    errors: list[dict]
+    encoded: int
+    skipped: int
+    seconds: float
+
+
+def encode_items(
+    todo: list[tuple[int, InputItem]],
+    out_dir: Path,
+    encoder: Encoder,
+    preprocess: PreprocessConfig,
+    on_error: str = "stop",
+    force: bool = False,
+    progress: bool = True,
+    errors: list[dict] | None = None,
+) -> EncodedItems:
+    """Encode (index, item) pairs -> out_dir/latents/<subject>.safetensors; a latent already written with the same
+    settings is kept (unless ``force``). on_error "stop" raises DataError naming the file, "skip" records it."""
+    from tqdm import tqdm
+
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    (out_dir / "latents").mkdir(parents=True, exist_ok=True)
+    chash = config_hash(encoder.config(), preprocess.to_dict())
+    errors = [] if errors is None else errors
+
+    def fail(index: int, item: InputItem, msg: str):
+        if on_error == "stop":
+            raise DataError(msg)
+        print(f"skipping: {msg}", file=sys.stderr)
+        errors.append({"index": index, "file": item.path, "subject": item.subject, "error": msg})
+
+    pipeline = build_preprocess(preprocess)
+    rows, n_enc, n_skip = [], 0, 0
+    t0 = time.perf_counter()
+    for index, it in tqdm(todo, desc="encode", unit="scan", disable=not progress):
+        rel = f"latents/{safe_name(it.subject)}.safetensors"
+        path = out_dir / rel
+        if path.exists() and not force:
+            meta = read_latent_metadata(path)
+            if meta.get("config_hash") != chash:
+                raise DataError(
+                    f"{path}: already encoded with different encoder/preprocessing settings; "
+                    "use --force to re-encode or choose another --out"
+                )
+            latent, _ = read_latent(path)
+            rows.append({"index": index, **manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent)})
+            n_skip += 1
+            continue
+        try:
+            image, affine = load_preprocessed(it.path, preprocess, pipeline)
+        except DataError as e:
+            fail(index, it, str(e))
+            continue
+        latent = encoder.encode(image[None])[0]
+        if not torch.isfinite(latent).all():
+            fail(index, it, f"{it.path}: encoder produced NaN/Inf latents")
+            continue
+        meta = {"subject": it.subject, "source_path": it.path, "encoder": encoder.name, "config_hash": chash}
+        write_latent(path, latent, affine, meta)
+        rows.append({"index": index, **manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent)})
+        n_enc += 1
+    return EncodedItems(rows, errors, n_enc, n_skip, time.perf_counter() - t0)
+
+
+def duplicate_errors(duplicates: list[tuple[int, InputItem, str]], on_error: str) -> list[dict]:
+    """The error rows of duplicate subject ids; with on_error "stop" the first one raises DataError."""
+    if duplicates and on_error == "stop":
+        raise DataError(duplicates[0][2])
+    for _, _, msg in duplicates:
+        print(f"skipping: {msg}", file=sys.stderr)
+    return [{"index": i, "file": it.path, "subject": it.subject, "error": msg} for i, it, msg in duplicates]
+
+
 def encode_dataset(
     items: list[InputItem],
     out_dir: str | os.PathLike,
@@ -153,66 +257,76 @@ def encode_dataset(
     Resumable: a latent already written with the same encoder/preprocessing settings is kept (unless
     ``force``).
     on_error: "stop" raises DataError naming the file; "skip" records it in errors.csv and goes on."""
-    from tqdm import tqdm
-
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     out_dir = Path(out_dir)
-    (out_dir / "latents").mkdir(parents=True, exist_ok=True)
+    todo, duplicates = plan_inputs(items)
+    errors = duplicate_errors(duplicates, on_error)
+    done = encode_items(todo, out_dir, encoder, preprocess, on_error, force, progress, errors)
+    rows = sorted(done.rows, key=lambda r: r["index"])
+    errors = sorted(done.errors, key=lambda r: r["index"])
+    stats = finalize_store(
+        out_dir, rows, encoder.config(), preprocess.to_dict(), scale_factor, errors if on_error == "skip" else None
+    )
+    return EncodeResult(out_dir, rows, errors, done.encoded, done.skipped, done.seconds, stats)
+
+
+@dataclass
+class ShardResult:
+    shard: Shard
+    record: dict
+    ran: bool  # False: the shard had finished before and was kept
+
+
+def encode_shard(
+    items: list[InputItem],
+    out_dir: str | os.PathLike,
+    encoder: Encoder,
+    preprocess: PreprocessConfig,
+    shard: Shard,
+    on_error: str = "stop",
+    force: bool = False,
+    scale_factor: float | str | None = None,
+    progress: bool = True,
+) -> ShardResult:
+    """Encode shard ``shard`` of ``items`` (every N-th input to encode) into out_dir/latents/ and write its record
+    out_dir/shards/shard-<i>-of-<N>.json; manifest.csv and stats.json are written by ``merge_store``.
+    A shard that finished on the same inputs and settings is kept as it is (unless ``force``)."""
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    out_dir = Path(out_dir)
     enc_cfg, pre_cfg = encoder.config(), preprocess.to_dict()
-    chash = config_hash(enc_cfg, pre_cfg)
-    errors: list[dict] = []
+    chash, ihash = config_hash(enc_cfg, pre_cfg), inputs_hash(items)
+    if not force and (record := finished_record(out_dir, shard, chash, ihash)) is not None:
+        return ShardResult(shard, record, ran=False)
+    todo, duplicates = plan_inputs(items)
+    errors = duplicate_errors(duplicates, on_error) if shard.index == 0 else []  # recorded once, by shard 0
+    done = encode_items(shard.take(todo), out_dir, encoder, preprocess, on_error, force, progress, errors)
+    record = {
+        "config_hash": chash,
+        "inputs_hash": ihash,
+        "num_inputs": len(items),
+        "on_error": on_error,
+        "scale_factor": scale_factor,
+        "encoder": enc_cfg,
+        "preprocess": pre_cfg,
+        "rows": done.rows,
+        "errors": done.errors,
+        "encoded": done.encoded,
+        "kept": done.skipped,
+        "seconds": round(done.seconds, 3),
+    }
+    write_shard_record(out_dir, shard, record)
+    return ShardResult(shard, record, ran=True)
 
-    def fail(item: InputItem, msg: str):
-        if on_error == "stop":
-            raise DataError(msg)
-        print(f"skipping: {msg}", file=sys.stderr)
-        errors.append({"file": item.path, "subject": item.subject, "error": msg})
 
-    # duplicate subject ids (after making them file-name safe) are an input error
-    first: dict[str, InputItem] = {}
-    todo: list[InputItem] = []
-    for it in items:
-        key = safe_name(it.subject)
-        if key in first:
-            fail(it, f"{it.path}: duplicate subject id {it.subject!r} (also used by {first[key].path})")
-            continue
-        first[key] = it
-        todo.append(it)
-
-    pipeline = build_preprocess(preprocess)
-    rows, n_enc, n_skip = [], 0, 0
-    t0 = time.perf_counter()
-    for it in tqdm(todo, desc="encode", unit="scan", disable=not progress):
-        rel = f"latents/{safe_name(it.subject)}.safetensors"
-        path = out_dir / rel
-        if path.exists() and not force:
-            meta = read_latent_metadata(path)
-            if meta.get("config_hash") != chash:
-                raise DataError(
-                    f"{path}: already encoded with different encoder/preprocessing settings; "
-                    "use --force to re-encode or choose another --out"
-                )
-            latent, _ = read_latent(path)
-            rows.append(manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent))
-            n_skip += 1
-            continue
-        try:
-            image, affine = load_preprocessed(it.path, preprocess, pipeline)
-        except DataError as e:
-            fail(it, str(e))
-            continue
-        latent = encoder.encode(image[None])[0]
-        if not torch.isfinite(latent).all():
-            fail(it, f"{it.path}: encoder produced NaN/Inf latents")
-            continue
-        meta = {"subject": it.subject, "source_path": it.path, "encoder": encoder.name, "config_hash": chash}
-        write_latent(path, latent, affine, meta)
-        rows.append(manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent))
-        n_enc += 1
-    dt = time.perf_counter() - t0
-    stats = finalize_store(out_dir, rows, enc_cfg, pre_cfg, scale_factor, errors if on_error == "skip" else None)
-    return EncodeResult(out_dir, rows, errors, n_enc, n_skip, dt, stats)
+def merge_store(out_dir: str | os.PathLike, count: int | None = None) -> tuple[MergedShards, dict]:
+    """Check the shard records of out_dir (``neuromf.data.shards.collect_shards``) and write its manifest.csv,
+    stats.json (and errors.csv with on_error "skip") from them. -> (merged shards, stats)."""
+    merged = collect_shards(out_dir, count)
+    errors = merged.errors if merged.on_error == "skip" else None
+    stats = finalize_store(out_dir, merged.rows, merged.encoder, merged.preprocess, merged.scale_factor, errors)
+    return merged, stats
 
 
 def _parse_scale(v: str):
