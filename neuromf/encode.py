@@ -338,14 +338,26 @@ def _parse_scale(v: str):
         raise argparse.ArgumentTypeError(f"--scale-factor must be a number or 'auto', got {v!r}") from e
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help only where there is a default to show (not None / False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m neuromf.encode",
         description="Encode 3D T1 NIfTI volumes into a latent store (one safetensors file per subject, "
         "manifest.csv, stats.json). Preprocessing (MONAI, nibabel reader): orientation RAS, resampling to "
-        "--spacing, percentile intensity scaling to [0, 1], crop/pad to --shape. Re-running skips subjects "
-        "already encoded with the same settings.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "--spacing, percentile intensity scaling to [0, 1], crop/pad to --shape; no skull stripping, no "
+        "registration, no bias-field correction (docs/data.md). Re-running skips subjects already encoded with "
+        "the same settings. Other commands: `python -m neuromf.encode merge STORE` (merge the shards of a "
+        "--shard/--shards encoding), `python -m neuromf.encode check STORE` (decode a few latents back into a "
+        "tri-planar PNG grid).",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "input",
@@ -360,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="identity: the preprocessed image (resampled to --latent-shape) as a 1-channel latent; "
         "maisi: MONAI AutoencoderKlMaisi (4 channels at 1/4 resolution)",
     )
-    p.add_argument("--checkpoint", help="maisi: AutoencoderKlMaisi state-dict file (e.g. autoencoder_epoch273.pt)")
+    p.add_argument("--checkpoint", help="maisi: AutoencoderKlMaisi state-dict file (e.g. autoencoder_v1.pt)")
     p.add_argument(
         "--maisi-config",
         help="maisi: JSON file or JSON string overriding the AutoencoderKlMaisi "
@@ -386,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale-factor",
         type=_parse_scale,
-        default=None,
-        help="latent scale factor recorded in stats.json: a number, or 'auto' = 1/std of the latents (default 1.0)",
+        default=1.0,
+        help="latent scale factor recorded in stats.json: a number, or 'auto' = 1/std of the latents",
     )
     p.add_argument(
         "--on-error",
@@ -399,10 +411,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = p.add_argument_group(
+        "sharding",
+        "Encode in N shards: --shard I/N runs one (then `merge`); --shards N runs all N as a submitit job array "
+        "(SLURM, or local processes), waits and merges. Running the same command again redoes only the shards "
+        "that did not finish.",
+    )
+    g.add_argument("--shard", type=Shard.parse, help="encode shard I of N (0 <= I < N) and record it; no merge")
+    g.add_argument("--shards", type=int, help="run all N shards as one job array, then merge them")
+    g.add_argument("--launcher", choices=["slurm", "local"], default="slurm", help="--shards: where the jobs run")
+    g.add_argument("--partition", help="--shards on SLURM: partition")
+    g.add_argument("--account", help="--shards on SLURM: account")
+    g.add_argument("--timeout-min", type=int, default=240, help="--shards: time limit of each job (minutes)")
+    g.add_argument("--cpus-per-task", type=int, default=4, help="--shards on SLURM: CPUs of each job")
+    g.add_argument("--mem-gb", type=float, default=16.0, help="--shards on SLURM: memory of each job (GB)")
+    g.add_argument("--gpus-per-task", type=int, default=0, help="--shards: GPUs of each job (maisi: 1)")
+    g.add_argument("--array-parallelism", type=int, help="--shards on SLURM: at most this many jobs at once")
+    g.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        help="--shards on SLURM: a shell line run before each job (e.g. 'module load cuda'); repeatable",
+    )
     return p
 
 
-def build_encoder_from_args(args, pre: PreprocessConfig) -> Encoder:
+def build_encoder_from_args(args, pre: PreprocessConfig, device: str | None = None) -> Encoder:
     if args.encoder == "identity":
         shape = as_3tuple(args.latent_shape, int) if args.latent_shape else pre.shape
         return IdentityEncoder(latent_shape=shape, image_shape=pre.shape)
@@ -413,19 +447,139 @@ def build_encoder_from_args(args, pre: PreprocessConfig) -> Encoder:
             network = json.loads(Path(txt).read_text() if os.path.isfile(txt) else txt)
         except json.JSONDecodeError as e:
             raise EncoderError(f"--maisi-config {txt!r}: not valid JSON ({e})") from e
-    return MaisiEncoder(args.checkpoint, network, sample=args.sample, device=args.device, seed=args.seed)
+    return MaisiEncoder(args.checkpoint, network, sample=args.sample, device=device or args.device, seed=args.seed)
+
+
+def _setup(args, device: str | None = None) -> tuple[PreprocessConfig, list[InputItem], Encoder]:
+    try:
+        spacing, shape = as_3tuple(args.spacing, float), as_3tuple(args.shape, int)
+    except ValueError as e:
+        raise DataError(f"--spacing / --shape: {e}") from e
+    pre = PreprocessConfig(spacing=spacing, shape=shape, percentiles=tuple(args.percentiles))
+    items = collect_inputs(args.input, args.dataset)
+    return pre, items, build_encoder_from_args(args, pre, device)
+
+
+def _shard_summary(res: ShardResult) -> dict:
+    rec = res.record
+    return {
+        "shard": str(res.shard),
+        "ran": res.ran,
+        "encoded": rec.get("encoded", 0) if res.ran else 0,
+        "kept": rec.get("kept", 0) if res.ran else len(rec["rows"]),
+        "errors": len(rec["errors"]),
+        "seconds": rec.get("seconds", 0.0) if res.ran else 0.0,
+    }
+
+
+def run_one_shard(argv: list[str], shard: Shard) -> dict:
+    """Encode one shard with the command-line arguments ``argv`` (their --shard/--shards ignored). -> summary.
+    Raises DataError / EncoderError naming the file (a shard job's failure)."""
+    args = build_parser().parse_args(argv)
+    pre, items, encoder = _setup(args)
+    res = encode_shard(
+        items,
+        args.out,
+        encoder,
+        pre,
+        shard,
+        on_error=args.on_error,
+        force=args.force,
+        scale_factor=args.scale_factor,
+        progress=not args.no_progress,
+    )
+    return _shard_summary(res)
+
+
+def _print_merged(out: Path, merged: MergedShards, stats: dict) -> None:
+    print(
+        f"merged {merged.num_shards} shards: {stats['num_subjects']} subjects ({merged.encoded} encoded, "
+        f"{merged.kept} kept), {len(merged.errors)} errors, latents {'x'.join(map(str, stats['shape']))} -> {out}"
+    )
+    if merged.errors and merged.on_error == "skip":
+        print(f"errors recorded in {out / 'errors.csv'}")
+
+
+def _launch(argv: list[str], args) -> int:
+    from neuromf.data.shard_jobs import ArraySettings, run_array
+
+    if args.shards < 1:
+        raise DataError(f"--shards {args.shards}: expected N >= 1")
+    out = Path(args.out)
+    pre, items, encoder = _setup(args, device="cpu")  # checks inputs and checkpoint before anything is submitted
+    chash, ihash = config_hash(encoder.config(), pre.to_dict()), inputs_hash(items)
+    shards = [Shard(i, args.shards) for i in range(args.shards)]
+    todo = [s for s in shards if args.force or finished_record(out, s, chash, ihash) is None]
+    print(f"{len(shards) - len(todo)} of {len(shards)} shards already finished (kept); running {len(todo)}")
+    settings = ArraySettings(
+        launcher=args.launcher,
+        partition=args.partition,
+        timeout_min=args.timeout_min,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        gpus_per_task=args.gpus_per_task,
+        array_parallelism=args.array_parallelism,
+        setup=args.slurm_setup,
+        account=args.account,
+    )
+    failed = run_array(argv + ["--no-progress"], out, todo, settings)
+    if failed:
+        for shard, why in failed:
+            print(f"error: shard {shard} failed ({why})", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(shards)} shards failed; finished shards are kept: fix the cause and run "
+            f"the same command again (logs: {out / '.submitit'})",
+            file=sys.stderr,
+        )
+        return 2
+    merged, stats = merge_store(out, args.shards)
+    _print_merged(out, merged, stats)
+    return 0
+
+
+def merge_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m neuromf.encode merge",
+        description="Check the shard records of a latent store (every shard finished, same inputs and settings, "
+        "each input once, every latent file readable with its recorded shape) and write its manifest.csv, "
+        "stats.json (and errors.csv).",
+    )
+    p.add_argument("store", help="the --out of the sharded encoding")
+    p.add_argument("--shards", type=int, help="merge the records of N shards (when records of several N exist)")
+    args = p.parse_args(argv)
+    try:
+        merged, stats = merge_store(args.store, args.shards)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_merged(Path(args.store), merged, stats)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "merge":
+        return merge_main(argv[1:])
+    if argv and argv[0] == "check":
+        from neuromf.data.store_check import main as check_main
+
+        return check_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        pre = PreprocessConfig(
-            spacing=as_3tuple(args.spacing, float),
-            shape=as_3tuple(args.shape, int),
-            percentiles=tuple(args.percentiles),
-        )
-        items = collect_inputs(args.input, args.dataset)
-        encoder = build_encoder_from_args(args, pre)
+        if args.shard is not None and args.shards is not None:
+            raise DataError("--shard and --shards: give one (--shard I/N runs one shard, --shards N all of them)")
+        if args.shards is not None:
+            return _launch(argv, args)
+        if args.shard is not None:
+            summary = run_one_shard(argv, args.shard)
+            what = "already finished, kept" if not summary["ran"] else f"encoded {summary['encoded']}"
+            print(
+                f"shard {summary['shard']}: {what}, {summary['kept']} kept, {summary['errors']} errors in "
+                f"{summary['seconds']:.1f} s -> {args.out}; when every shard has finished: "
+                f"python -m neuromf.encode merge {args.out}"
+            )
+            return 0
+        pre, items, encoder = _setup(args)
         res = encode_dataset(
             items,
             args.out,
