@@ -300,6 +300,8 @@ def encode_shard(
     if not force and (record := finished_record(out_dir, shard, chash, ihash)) is not None:
         return ShardResult(shard, record, ran=False)
     todo, duplicates = plan_inputs(items)
+    if duplicates and on_error == "stop":  # every shard refuses, before encoding anything
+        raise DataError(duplicates[0][2])
     errors = duplicate_errors(duplicates, on_error) if shard.index == 0 else []  # recorded once, by shard 0
     done = encode_items(shard.take(todo), out_dir, encoder, preprocess, on_error, force, progress, errors)
     record = {
