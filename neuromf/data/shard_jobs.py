@@ -93,6 +93,17 @@ def _describe(summary: dict) -> str:
 
 
 def _last_line(err: Exception) -> str:
-    """The reason of a failed job: the last non-empty line of submitit's traceback text ("error: ..." for ours)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
+    """The reason of a failed job in one line: the last line of the job's traceback that submitit's
+    FailedJobError quotes between its dashed rules (the exception itself), without our error classes' module path."""
+    lines = [ln.strip() for ln in str(err).splitlines()]
+    rules = [i for i, ln in enumerate(lines) if ln and set(ln) == {"-"}]
+    quoted = lines[rules[0] + 1 : rules[1]] if len(rules) >= 2 else lines
+    quoted = [ln for ln in quoted if ln]
+    if not quoted:
+        return type(err).__name__
+    last = quoted[-1]
+    for cls in ("DataError", "EncoderError"):
+        head, sep, tail = last.partition(f"{cls}: ")
+        if sep and (not head or head.endswith(".")):
+            return tail
+    return last
