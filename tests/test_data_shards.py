@@ -247,7 +247,7 @@ def test_slurm_array_shard_died_is_redone(slurm_cluster, scans, single, tmp_path
     launcher = ["--launcher", "slurm", "--partition", slurm_cluster, "--timeout-min", "10"]
     launcher += ["--cpus-per-task", "1", "--mem-gb", "2"]
     out = _died_then_redone(scans, single, tmp_path, launcher)
-    tasks = sorted(p.name for p in (out / ".submitit").iterdir() if "_" in p.name)
+    tasks = sorted(p.name for p in (out / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
     assert len(tasks) == 2 and tasks[0].endswith("_0") and tasks[1].endswith("_1")  # one array: <job>_<task>
     # each shard records the SLURM job that finished it: the first array's task for shard 1, a second job for 0
     first, second = (json.loads(shard_path(out, Shard(i, 2)).read_text())["slurm_job_id"] for i in (1, 0))
