@@ -37,7 +37,7 @@ def check_maisi_autoencoder(path: str, network: dict | None = None) -> str:
     n = sum(p.numel() for p in net.parameters())
     return (
         f"AutoencoderKlMaisi num_channels={cfg['num_channels']} latent_channels={cfg['latent_channels']}: "
-        f"all {len(net.state_dict())} tensors match ({n / 1e6:.1f} M parameters)"
+        f"all {len(net.state_dict())} tensors match ({n:,} parameters)"
     )
 
 
