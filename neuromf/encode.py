@@ -341,10 +341,15 @@ def _parse_scale(v: str):
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: X)" to an option's help only where there is a default to show (not None / False)."""
+    """Adds "(default: X)" to an option's help only where there is a default to show (not None, False, [])."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == []
+            or "default" in (action.help or "")
+        ):
             return action.help
         return super()._get_help_string(action)
 

@@ -199,7 +199,8 @@ def test_help_shows_each_default_once(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: None)" not in out and "(default 1.0)" not in out
+    assert "(default: None)" not in out and "(default 1.0)" not in out and "(default: [])" not in out
+    assert "seed for --sample (default: 0)" in out  # a zero default is still shown
     assert "1/std of the latents (default: 1.0)" in out
     assert "--shards" in out and "--launcher" in out and "merge STORE" in out and "check STORE" in out
 
