@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# torch first, from the CPU build, only when none is installed (GPU users keep their own CUDA build)
+	@# torch first, only when none is installed (GPU users keep their own build; from the public index on Linux this is a CUDA build, README)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	@# data-only packages: real brain volumes (pydeface) and a pretrained 3D T1 network (deepbet); their

@@ -32,6 +32,14 @@ from neuromf.data.io import (
     load_preprocessed,
     strip_nifti_suffix,
 )
+from neuromf.data.shards import (
+    MergedShards,
+    Shard,
+    collect_shards,
+    finished_record,
+    inputs_hash,
+    write_shard_record,
+)
 from neuromf.data.store import (
     ERROR_COLUMNS,
     MANIFEST_COLUMNS,
@@ -138,6 +146,102 @@ def finalize_store(
     return write_stats(out_dir, rows, {**encoder_cfg, "scale_factor": scale}, preprocess_cfg)
 
 
+def plan_inputs(items: list[InputItem]) -> tuple[list[tuple[int, InputItem]], list[tuple[int, InputItem, str]]]:
+    """-> (todo, duplicates): the (input index, item) pairs to encode, and the later uses of a subject id that an
+    earlier input already has (after making ids file-name safe), each with its message. Over the whole input list,
+    so that every shard of it agrees."""
+    first: dict[str, InputItem] = {}
+    todo, duplicates = [], []
+    for index, it in enumerate(items):
+        key = safe_name(it.subject)
+        if key in first:
+            msg = f"{it.path}: duplicate subject id {it.subject!r} (also used by {first[key].path})"
+            duplicates.append((index, it, msg))
+            continue
+        first[key] = it
+        todo.append((index, it))
+    return todo, duplicates
+
+
+@dataclass
+class EncodedItems:
+    """What encoding a list of inputs gave: manifest rows and errors, each with its input ``index``."""
+
+    rows: list[dict]
+    errors: list[dict]
+    encoded: int
+    skipped: int
+    seconds: float
+
+
+def encode_items(
+    todo: list[tuple[int, InputItem]],
+    out_dir: Path,
+    encoder: Encoder,
+    preprocess: PreprocessConfig,
+    on_error: str = "stop",
+    force: bool = False,
+    progress: bool = True,
+    errors: list[dict] | None = None,
+) -> EncodedItems:
+    """Encode (index, item) pairs -> out_dir/latents/<subject>.safetensors; a latent already written with the same
+    settings is kept (unless ``force``). on_error "stop" raises DataError naming the file, "skip" records it."""
+    from tqdm import tqdm
+
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    (out_dir / "latents").mkdir(parents=True, exist_ok=True)
+    chash = config_hash(encoder.config(), preprocess.to_dict())
+    errors = [] if errors is None else errors
+
+    def fail(index: int, item: InputItem, msg: str):
+        if on_error == "stop":
+            raise DataError(msg)
+        print(f"skipping: {msg}", file=sys.stderr)
+        errors.append({"index": index, "file": item.path, "subject": item.subject, "error": msg})
+
+    pipeline = build_preprocess(preprocess)
+    rows, n_enc, n_skip = [], 0, 0
+    t0 = time.perf_counter()
+    for index, it in tqdm(todo, desc="encode", unit="scan", disable=not progress):
+        rel = f"latents/{safe_name(it.subject)}.safetensors"
+        path = out_dir / rel
+        if path.exists() and not force:
+            meta = read_latent_metadata(path)
+            if meta.get("config_hash") != chash:
+                raise DataError(
+                    f"{path}: already encoded with different encoder/preprocessing settings; "
+                    "use --force to re-encode or choose another --out"
+                )
+            latent, _ = read_latent(path)
+            rows.append({"index": index, **manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent)})
+            n_skip += 1
+            continue
+        try:
+            image, affine = load_preprocessed(it.path, preprocess, pipeline)
+        except DataError as e:
+            fail(index, it, str(e))
+            continue
+        latent = encoder.encode(image[None])[0]
+        if not torch.isfinite(latent).all():
+            fail(index, it, f"{it.path}: encoder produced NaN/Inf latents")
+            continue
+        meta = {"subject": it.subject, "source_path": it.path, "encoder": encoder.name, "config_hash": chash}
+        write_latent(path, latent, affine, meta)
+        rows.append({"index": index, **manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent)})
+        n_enc += 1
+    return EncodedItems(rows, errors, n_enc, n_skip, time.perf_counter() - t0)
+
+
+def duplicate_errors(duplicates: list[tuple[int, InputItem, str]], on_error: str) -> list[dict]:
+    """The error rows of duplicate subject ids; with on_error "stop" the first one raises DataError."""
+    if duplicates and on_error == "stop":
+        raise DataError(duplicates[0][2])
+    for _, _, msg in duplicates:
+        print(f"skipping: {msg}", file=sys.stderr)
+    return [{"index": i, "file": it.path, "subject": it.subject, "error": msg} for i, it, msg in duplicates]
+
+
 def encode_dataset(
     items: list[InputItem],
     out_dir: str | os.PathLike,
@@ -153,66 +257,78 @@ def encode_dataset(
     Resumable: a latent already written with the same encoder/preprocessing settings is kept (unless
     ``force``).
     on_error: "stop" raises DataError naming the file; "skip" records it in errors.csv and goes on."""
-    from tqdm import tqdm
-
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     out_dir = Path(out_dir)
-    (out_dir / "latents").mkdir(parents=True, exist_ok=True)
+    todo, duplicates = plan_inputs(items)
+    errors = duplicate_errors(duplicates, on_error)
+    done = encode_items(todo, out_dir, encoder, preprocess, on_error, force, progress, errors)
+    rows = sorted(done.rows, key=lambda r: r["index"])
+    errors = sorted(done.errors, key=lambda r: r["index"])
+    stats = finalize_store(
+        out_dir, rows, encoder.config(), preprocess.to_dict(), scale_factor, errors if on_error == "skip" else None
+    )
+    return EncodeResult(out_dir, rows, errors, done.encoded, done.skipped, done.seconds, stats)
+
+
+@dataclass
+class ShardResult:
+    shard: Shard
+    record: dict
+    ran: bool  # False: the shard had finished before and was kept
+
+
+def encode_shard(
+    items: list[InputItem],
+    out_dir: str | os.PathLike,
+    encoder: Encoder,
+    preprocess: PreprocessConfig,
+    shard: Shard,
+    on_error: str = "stop",
+    force: bool = False,
+    scale_factor: float | str | None = None,
+    progress: bool = True,
+) -> ShardResult:
+    """Encode shard ``shard`` of ``items`` (every N-th input to encode) into out_dir/latents/ and write its record
+    out_dir/shards/shard-<i>-of-<N>.json; manifest.csv and stats.json are written by ``merge_store``.
+    A shard that finished on the same inputs and settings is kept as it is (unless ``force``)."""
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    out_dir = Path(out_dir)
     enc_cfg, pre_cfg = encoder.config(), preprocess.to_dict()
-    chash = config_hash(enc_cfg, pre_cfg)
-    errors: list[dict] = []
+    chash, ihash = config_hash(enc_cfg, pre_cfg), inputs_hash(items)
+    if not force and (record := finished_record(out_dir, shard, chash, ihash)) is not None:
+        return ShardResult(shard, record, ran=False)
+    todo, duplicates = plan_inputs(items)
+    if duplicates and on_error == "stop":  # every shard refuses, before encoding anything
+        raise DataError(duplicates[0][2])
+    errors = duplicate_errors(duplicates, on_error) if shard.index == 0 else []  # recorded once, by shard 0
+    done = encode_items(shard.take(todo), out_dir, encoder, preprocess, on_error, force, progress, errors)
+    record = {
+        "config_hash": chash,
+        "inputs_hash": ihash,
+        "num_inputs": len(items),
+        "on_error": on_error,
+        "scale_factor": scale_factor,
+        "encoder": enc_cfg,
+        "preprocess": pre_cfg,
+        "rows": done.rows,
+        "errors": done.errors,
+        "encoded": done.encoded,
+        "kept": done.skipped,
+        "seconds": round(done.seconds, 3),
+    }
+    write_shard_record(out_dir, shard, record)
+    return ShardResult(shard, record, ran=True)
 
-    def fail(item: InputItem, msg: str):
-        if on_error == "stop":
-            raise DataError(msg)
-        print(f"skipping: {msg}", file=sys.stderr)
-        errors.append({"file": item.path, "subject": item.subject, "error": msg})
 
-    # duplicate subject ids (after making them file-name safe) are an input error
-    first: dict[str, InputItem] = {}
-    todo: list[InputItem] = []
-    for it in items:
-        key = safe_name(it.subject)
-        if key in first:
-            fail(it, f"{it.path}: duplicate subject id {it.subject!r} (also used by {first[key].path})")
-            continue
-        first[key] = it
-        todo.append(it)
-
-    pipeline = build_preprocess(preprocess)
-    rows, n_enc, n_skip = [], 0, 0
-    t0 = time.perf_counter()
-    for it in tqdm(todo, desc="encode", unit="scan", disable=not progress):
-        rel = f"latents/{safe_name(it.subject)}.safetensors"
-        path = out_dir / rel
-        if path.exists() and not force:
-            meta = read_latent_metadata(path)
-            if meta.get("config_hash") != chash:
-                raise DataError(
-                    f"{path}: already encoded with different encoder/preprocessing settings; "
-                    "use --force to re-encode or choose another --out"
-                )
-            latent, _ = read_latent(path)
-            rows.append(manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent))
-            n_skip += 1
-            continue
-        try:
-            image, affine = load_preprocessed(it.path, preprocess, pipeline)
-        except DataError as e:
-            fail(it, str(e))
-            continue
-        latent = encoder.encode(image[None])[0]
-        if not torch.isfinite(latent).all():
-            fail(it, f"{it.path}: encoder produced NaN/Inf latents")
-            continue
-        meta = {"subject": it.subject, "source_path": it.path, "encoder": encoder.name, "config_hash": chash}
-        write_latent(path, latent, affine, meta)
-        rows.append(manifest_row(it.subject, it.dataset, it.diagnosis, it.path, rel, latent))
-        n_enc += 1
-    dt = time.perf_counter() - t0
-    stats = finalize_store(out_dir, rows, enc_cfg, pre_cfg, scale_factor, errors if on_error == "skip" else None)
-    return EncodeResult(out_dir, rows, errors, n_enc, n_skip, dt, stats)
+def merge_store(out_dir: str | os.PathLike, count: int | None = None) -> tuple[MergedShards, dict]:
+    """Check the shard records of out_dir (``neuromf.data.shards.collect_shards``) and write its manifest.csv,
+    stats.json (and errors.csv with on_error "skip") from them. -> (merged shards, stats)."""
+    merged = collect_shards(out_dir, count)
+    errors = merged.errors if merged.on_error == "skip" else None
+    stats = finalize_store(out_dir, merged.rows, merged.encoder, merged.preprocess, merged.scale_factor, errors)
+    return merged, stats
 
 
 def _parse_scale(v: str):
@@ -224,14 +340,31 @@ def _parse_scale(v: str):
         raise argparse.ArgumentTypeError(f"--scale-factor must be a number or 'auto', got {v!r}") from e
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help only where there is a default to show (not None, False, [])."""
+
+    def _get_help_string(self, action):
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == []
+            or "default" in (action.help or "")
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m neuromf.encode",
         description="Encode 3D T1 NIfTI volumes into a latent store (one safetensors file per subject, "
         "manifest.csv, stats.json). Preprocessing (MONAI, nibabel reader): orientation RAS, resampling to "
-        "--spacing, percentile intensity scaling to [0, 1], crop/pad to --shape. Re-running skips subjects "
-        "already encoded with the same settings.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "--spacing, percentile intensity scaling to [0, 1], crop/pad to --shape; no skull stripping, no "
+        "registration, no bias-field correction (docs/data.md). Re-running skips subjects already encoded with "
+        "the same settings. Other commands: `python -m neuromf.encode merge STORE` (merge the shards of a "
+        "--shard/--shards encoding), `python -m neuromf.encode check STORE` (decode a few latents back into a "
+        "tri-planar PNG grid).",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "input",
@@ -246,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="identity: the preprocessed image (resampled to --latent-shape) as a 1-channel latent; "
         "maisi: MONAI AutoencoderKlMaisi (4 channels at 1/4 resolution)",
     )
-    p.add_argument("--checkpoint", help="maisi: AutoencoderKlMaisi state-dict file (e.g. autoencoder_epoch273.pt)")
+    p.add_argument("--checkpoint", help="maisi: AutoencoderKlMaisi state-dict file (e.g. autoencoder_v1.pt)")
     p.add_argument(
         "--maisi-config",
         help="maisi: JSON file or JSON string overriding the AutoencoderKlMaisi "
@@ -272,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale-factor",
         type=_parse_scale,
-        default=None,
-        help="latent scale factor recorded in stats.json: a number, or 'auto' = 1/std of the latents (default 1.0)",
+        default=1.0,
+        help="latent scale factor recorded in stats.json: a number, or 'auto' = 1/std of the latents",
     )
     p.add_argument(
         "--on-error",
@@ -285,10 +418,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = p.add_argument_group(
+        "sharding",
+        "Encode in N shards: --shard I/N runs one (then `merge`); --shards N runs all N as a submitit job array "
+        "(SLURM, or local processes), waits and merges. Running the same command again redoes only the shards "
+        "that did not finish.",
+    )
+    g.add_argument("--shard", type=Shard.parse, help="encode shard I of N (0 <= I < N) and record it; no merge")
+    g.add_argument("--shards", type=int, help="run all N shards as one job array, then merge them")
+    g.add_argument("--launcher", choices=["slurm", "local"], default="slurm", help="--shards: where the jobs run")
+    g.add_argument("--partition", help="--shards on SLURM: partition")
+    g.add_argument("--account", help="--shards on SLURM: account")
+    g.add_argument("--timeout-min", type=int, default=240, help="--shards: time limit of each job (minutes)")
+    g.add_argument("--cpus-per-task", type=int, default=4, help="--shards on SLURM: CPUs of each job")
+    g.add_argument("--mem-gb", type=float, default=16.0, help="--shards on SLURM: memory of each job (GB)")
+    g.add_argument("--gpus-per-task", type=int, default=0, help="--shards: GPUs of each job (maisi: 1)")
+    g.add_argument("--array-parallelism", type=int, help="--shards on SLURM: at most this many jobs at once")
+    g.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        help="--shards on SLURM: a shell line run before each job (e.g. 'module load cuda'); repeatable",
+    )
     return p
 
 
-def build_encoder_from_args(args, pre: PreprocessConfig) -> Encoder:
+def build_encoder_from_args(args, pre: PreprocessConfig, device: str | None = None) -> Encoder:
     if args.encoder == "identity":
         shape = as_3tuple(args.latent_shape, int) if args.latent_shape else pre.shape
         return IdentityEncoder(latent_shape=shape, image_shape=pre.shape)
@@ -299,19 +454,139 @@ def build_encoder_from_args(args, pre: PreprocessConfig) -> Encoder:
             network = json.loads(Path(txt).read_text() if os.path.isfile(txt) else txt)
         except json.JSONDecodeError as e:
             raise EncoderError(f"--maisi-config {txt!r}: not valid JSON ({e})") from e
-    return MaisiEncoder(args.checkpoint, network, sample=args.sample, device=args.device, seed=args.seed)
+    return MaisiEncoder(args.checkpoint, network, sample=args.sample, device=device or args.device, seed=args.seed)
+
+
+def _setup(args, device: str | None = None) -> tuple[PreprocessConfig, list[InputItem], Encoder]:
+    try:
+        spacing, shape = as_3tuple(args.spacing, float), as_3tuple(args.shape, int)
+    except ValueError as e:
+        raise DataError(f"--spacing / --shape: {e}") from e
+    pre = PreprocessConfig(spacing=spacing, shape=shape, percentiles=tuple(args.percentiles))
+    items = collect_inputs(args.input, args.dataset)
+    return pre, items, build_encoder_from_args(args, pre, device)
+
+
+def _shard_summary(res: ShardResult) -> dict:
+    rec = res.record
+    return {
+        "shard": str(res.shard),
+        "ran": res.ran,
+        "encoded": rec.get("encoded", 0) if res.ran else 0,
+        "kept": rec.get("kept", 0) if res.ran else len(rec["rows"]),
+        "errors": len(rec["errors"]),
+        "seconds": rec.get("seconds", 0.0) if res.ran else 0.0,
+    }
+
+
+def run_one_shard(argv: list[str], shard: Shard) -> dict:
+    """Encode one shard with the command-line arguments ``argv`` (their --shard/--shards ignored). -> summary.
+    Raises DataError / EncoderError naming the file (a shard job's failure)."""
+    args = build_parser().parse_args(argv)
+    pre, items, encoder = _setup(args)
+    res = encode_shard(
+        items,
+        args.out,
+        encoder,
+        pre,
+        shard,
+        on_error=args.on_error,
+        force=args.force,
+        scale_factor=args.scale_factor,
+        progress=not args.no_progress,
+    )
+    return _shard_summary(res)
+
+
+def _print_merged(out: Path, merged: MergedShards, stats: dict) -> None:
+    print(
+        f"merged {merged.num_shards} shards: {stats['num_subjects']} subjects ({merged.encoded} encoded, "
+        f"{merged.kept} kept), {len(merged.errors)} errors, latents {'x'.join(map(str, stats['shape']))} -> {out}"
+    )
+    if merged.errors and merged.on_error == "skip":
+        print(f"errors recorded in {out / 'errors.csv'}")
+
+
+def _launch(argv: list[str], args) -> int:
+    from neuromf.data.shard_jobs import ArraySettings, run_array
+
+    if args.shards < 1:
+        raise DataError(f"--shards {args.shards}: expected N >= 1")
+    out = Path(args.out)
+    pre, items, encoder = _setup(args, device="cpu")  # checks inputs and checkpoint before anything is submitted
+    chash, ihash = config_hash(encoder.config(), pre.to_dict()), inputs_hash(items)
+    shards = [Shard(i, args.shards) for i in range(args.shards)]
+    todo = [s for s in shards if args.force or finished_record(out, s, chash, ihash) is None]
+    print(f"{len(shards) - len(todo)} of {len(shards)} shards already finished (kept); running {len(todo)}")
+    settings = ArraySettings(
+        launcher=args.launcher,
+        partition=args.partition,
+        timeout_min=args.timeout_min,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        gpus_per_task=args.gpus_per_task,
+        array_parallelism=args.array_parallelism,
+        setup=args.slurm_setup,
+        account=args.account,
+    )
+    failed = run_array(argv + ["--no-progress"], out, todo, settings)
+    if failed:
+        for shard, why in failed:
+            print(f"error: shard {shard} failed ({why})", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(shards)} shards failed; finished shards are kept: fix the cause and run "
+            f"the same command again (logs: {out / '.submitit'})",
+            file=sys.stderr,
+        )
+        return 2
+    merged, stats = merge_store(out, args.shards)
+    _print_merged(out, merged, stats)
+    return 0
+
+
+def merge_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m neuromf.encode merge",
+        description="Check the shard records of a latent store (every shard finished, same inputs and settings, "
+        "each input once, every latent file readable with its recorded shape) and write its manifest.csv, "
+        "stats.json (and errors.csv).",
+    )
+    p.add_argument("store", help="the --out of the sharded encoding")
+    p.add_argument("--shards", type=int, help="merge the records of N shards (when records of several N exist)")
+    args = p.parse_args(argv)
+    try:
+        merged, stats = merge_store(args.store, args.shards)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_merged(Path(args.store), merged, stats)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "merge":
+        return merge_main(argv[1:])
+    if argv and argv[0] == "check":
+        from neuromf.data.store_check import main as check_main
+
+        return check_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        pre = PreprocessConfig(
-            spacing=as_3tuple(args.spacing, float),
-            shape=as_3tuple(args.shape, int),
-            percentiles=tuple(args.percentiles),
-        )
-        items = collect_inputs(args.input, args.dataset)
-        encoder = build_encoder_from_args(args, pre)
+        if args.shard is not None and args.shards is not None:
+            raise DataError("--shard and --shards: give one (--shard I/N runs one shard, --shards N all of them)")
+        if args.shards is not None:
+            return _launch(argv, args)
+        if args.shard is not None:
+            summary = run_one_shard(argv, args.shard)
+            what = "already finished, kept" if not summary["ran"] else f"encoded {summary['encoded']}"
+            print(
+                f"shard {summary['shard']}: {what}, {summary['kept']} kept, {summary['errors']} errors in "
+                f"{summary['seconds']:.1f} s -> {args.out}; when every shard has finished: "
+                f"python -m neuromf.encode merge {args.out}"
+            )
+            return 0
+        pre, items, encoder = _setup(args)
         res = encode_dataset(
             items,
             args.out,

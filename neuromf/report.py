@@ -763,6 +763,11 @@ def _html_table(df: pd.DataFrame, index: bool = False) -> str:
     return df.to_html(index=index, na_rep="", float_format=_fmt, escape=True)
 
 
+def html_text(text: str) -> str:
+    """Report prose -> HTML: escaped, with the Markdown `code` spans the texts use as <code> elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _img(path: Path, alt: str) -> str:
     b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
@@ -783,10 +788,10 @@ def render(title: str, blocks: list[tuple]) -> tuple[str, str]:
         kind = block[0]
         if kind == "h2":
             md.append(f"\n## {block[1]}\n")
-            body.append(f"<h2>{html.escape(block[1])}</h2>")
+            body.append(f"<h2>{html_text(block[1])}</h2>")
         elif kind == "p":
             md.append(block[1] + "\n")
-            body.append(f'<p class="{"note" if block[1].startswith("⚠") else ""}">{html.escape(block[1])}</p>')
+            body.append(f'<p class="{"note" if block[1].startswith("⚠") else ""}">{html_text(block[1])}</p>')
         elif kind == "table":
             df, index = block[1], block[2]
             md.append(md_table(df, index=index))
@@ -796,16 +801,14 @@ def render(title: str, blocks: list[tuple]) -> tuple[str, str]:
             body.append(t)
         elif kind == "img":
             md.append(f"![{block[1]}]({Path(block[2]).name})\n")
-            body.append(f"<figure>{_img(block[2], block[1])}<figcaption>{html.escape(block[1])}</figcaption></figure>")
+            body.append(f"<figure>{_img(block[2], block[1])}<figcaption>{html_text(block[1])}</figcaption></figure>")
         elif kind == "gallery":
             md.append("".join(f"![{c}]({p.name})\n*{c}*\n\n" for c, p in block[1]))
-            figs = "".join(
-                f"<figure>{_img(p, c)}<figcaption>{html.escape(c)}</figcaption></figure>" for c, p in block[1]
-            )
+            figs = "".join(f"<figure>{_img(p, c)}<figcaption>{html_text(c)}</figcaption></figure>" for c, p in block[1])
             body.append(f'<div class="gallery">{figs}</div>')
         elif kind == "details":
             md.append(f"<details><summary>{block[1]}</summary>\n\n{md_table(block[2], index=True)}\n</details>\n")
-            body.append(f"<details><summary>{html.escape(block[1])}</summary>{_html_table(block[2], True)}</details>")
+            body.append(f"<details><summary>{html_text(block[1])}</summary>{_html_table(block[2], True)}</details>")
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{css}</style></head><body>{''.join(body)}</body></html>"
@@ -1107,7 +1110,7 @@ def _optuna_blocks(o: dict) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m neuromf.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m neuromf.report", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("sweep_dirs", nargs="+", type=Path, help="Hydra multirun dir(s) (<sweep_dir>/<job>/.hydra)")
     p.add_argument("--metric", default=None, help="objective metric (default: the sweep's `objective`)")
     p.add_argument("--mode", choices=["min", "max"], default=None, help="default: the sweep's `objective_mode`")

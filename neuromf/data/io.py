@@ -178,26 +178,46 @@ def save_triplanar_png(image: torch.Tensor | np.ndarray, path: str | os.PathLike
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    arr = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
-    while arr.ndim > 3:
-        arr = arr[0]
-    cx, cy, cz = (s // 2 for s in arr.shape)
-    # rot90 so that superior/anterior point up in the figure (RAS voxel order)
-    slices = [np.rot90(arr[cx, :, :]), np.rot90(arr[:, cy, :]), np.rot90(arr[:, :, cz])]
-    vmin, vmax = float(np.percentile(arr, 0.5)), float(np.percentile(arr, 99.5))
+    slices, (vmin, vmax) = central_slices(image)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    for ax, sl, name in zip(axes, slices, ("sagittal", "coronal", "axial"), strict=True):
-        ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1, interpolation="nearest")
+    for ax, sl, name in zip(axes, slices, PLANES, strict=True):
+        ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+PLANES = ("sagittal", "coronal", "axial")
+
+
+def central_slices(image: torch.Tensor | np.ndarray) -> tuple[list[np.ndarray], tuple[float, float]]:
+    """The central sagittal, coronal and axial slices of a (X,Y,Z) or (1,X,Y,Z) RAS image, rotated so that
+    superior / anterior point up, and its (0.5, 99.5) percentile display range."""
+    arr = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    while arr.ndim > 3:
+        arr = arr[0]
+    cx, cy, cz = (s // 2 for s in arr.shape)
+    slices = [np.rot90(arr[cx, :, :]), np.rot90(arr[:, cy, :]), np.rot90(arr[:, :, cz])]
+    vmin, vmax = float(np.percentile(arr, 0.5)), float(np.percentile(arr, 99.5))
+    return slices, (vmin, vmax if vmax > vmin else vmin + 1)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 80) -> Path:
+    """Write a matplotlib figure to a PNG atomically (temp + os.replace) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
-    fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -26,7 +26,13 @@ def override_tags(overrides: list[str]) -> list[str]:
     ]
 
 
+# What W&B records as the run's program: the training entry point, also when a launcher's own module is the
+# process's __main__ (submitit runs jobs as `python -m submitit.core._submit <folder>`).
+PROGRAM = "-m neuromf.train"
+
+
 def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
+    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -43,6 +49,7 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
         tags=[t[:64] for t in tags],
         name=name,
         mode=wandb_mode(cfg.logger.wandb.mode),
+        settings=wandb.Settings(program=PROGRAM),
     )
 
 
