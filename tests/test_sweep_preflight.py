@@ -63,7 +63,8 @@ def test_an_objective_mode_against_the_metrics_direction_is_refused_in_runs_and_
 
 def test_a_gpu_launcher_profile_is_refused_for_the_cpu_trainer():
     message = gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "sweep=v_head"))
-    assert "gpus_per_node=1" in message and "trainer.accelerator=cpu" in message and "CPU demo data" in message
+    assert "gpus_per_node=1" in message and "trainer.accelerator=cpu" in message
+    assert "small CPU demo" in gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "trainer=gpu"))
     assert "experiment=brain_maisi data.latent_dir=" in message
     assert gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "experiment=brain_maisi")) is None
     assert gpu_launcher_error(_cfg("hydra/launcher=slurm_a100", "experiment=demo_gpu")) is None
@@ -120,3 +121,11 @@ def test_a_study_is_keyed_by_its_search_space_and_fixed_config(tmp_path):
     assert "study 'lr_optuna' in optuna.journal was created with another search space or fixed config" in message
     assert "data.batch_size: 4 -> 8" in message  # the differing keys, old -> new
     assert "\n" not in message
+
+
+def test_the_smoke_config_shortens_any_preset_to_minutes():
+    cfg = _cfg("experiment=brain_maisi", "data.latent_dir=/data/latents", "debug=smoke", "hydra/launcher=slurm_a100")
+    assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (1, 2, 1)
+    assert cfg.model.num_channels == [64, 128, 256, 512] and cfg.trainer.accelerator == "gpu"  # the preset's own
+    assert cfg.eval.num_samples == 4 and list(cfg.callbacks.samples.nfe_list) == [1]
+    assert gpu_launcher_error(cfg) is None

@@ -2,8 +2,8 @@
 
 - the objective's direction: `objective_mode` against the objective metric and the Optuna study's direction
   (selection, pruning, early stopping, the report and the dashboards all follow `objective_mode`);
-- a GPU launcher profile (SLURM with GPUs per node) with a CPU trainer: it would hold an idle A100 while the CPU
-  demo trains;
+- a GPU launcher profile (SLURM with GPUs per node) with a CPU trainer or the small CPU demo data: it would hold
+  an A100 for the CPU demo;
 - a grid whose jobs compose identical configs (neuromf/sweep/arms.py): the arms would not differ.
 """
 
@@ -45,12 +45,13 @@ def gpu_launcher_error(config: DictConfig) -> str | None:
     if "Slurm" not in str(launcher.get("_target_", "")):
         return None
     gpus = OmegaConf.select(config, "hydra.launcher.gpus_per_node", default=None)
-    if not isinstance(gpus, int) or gpus < 1 or config.trainer.get("accelerator") != "cpu":
+    cpu = config.trainer.get("accelerator") == "cpu"
+    cpu_demo = not config.data.get("latent_dir") and config.data.get("demo_variant") == "small"
+    if not isinstance(gpus, int) or gpus < 1 or not (cpu or cpu_demo):
         return None
-    data = " on the CPU demo data" if not config.data.get("latent_dir") else ""
+    what = "on the CPU (trainer.accelerator=cpu)" if cpu else "the small CPU demo (data=demo, the default data)"
     return (
-        f"hydra.launcher.gpus_per_node={gpus} holds GPUs, but this config trains on the CPU "
-        f"(trainer.accelerator=cpu){data}: add experiment=brain_maisi data.latent_dir=<your latent store> (production) "
+        f"hydra.launcher.gpus_per_node={gpus} holds GPUs, but this config trains {what}: add experiment=brain_maisi data.latent_dir=<your latent store> (production) "
         "or experiment=demo_gpu (the GPU demo), or hydra.launcher.gpus_per_node=null for CPU nodes"
     )
 
