@@ -51,7 +51,8 @@ def gpu_launcher_error(config: DictConfig) -> str | None:
         return None
     what = "on the CPU (trainer.accelerator=cpu)" if cpu else "the small CPU demo (data=demo, the default data)"
     return (
-        f"hydra.launcher.gpus_per_node={gpus} holds GPUs, but this config trains {what}: add experiment=brain_maisi data.latent_dir=<your latent store> (production) "
+        f"hydra.launcher.gpus_per_node={gpus} holds GPUs, but this config trains {what}: add "
+        "experiment=brain_maisi data.latent_dir=<your latent store> (production) "
         "or experiment=demo_gpu (the GPU demo), or hydra.launcher.gpus_per_node=null for CPU nodes"
     )
 
