@@ -57,7 +57,17 @@ def datamodule_from_config(data: dict, **kwargs):
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Path):
+    """The run's datamodule. Started from MAISI weights (init.maisi_checkpoint, resumed runs too), latents are fed
+    at the scale that network was trained on, z x scale_factor (the checkpoint's, else the store's), not z-scored."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    checkpoint = (cfg.get("init") or {}).get("maisi_checkpoint")
+    if checkpoint:
+        from neuromf.models.maisi_init import read_maisi_checkpoint
+
+        scale = read_maisi_checkpoint(checkpoint)[1].get("scale_factor")
+        data.update(normalize=False, scale_factor=float(scale) if scale is not None else None)
+        log.info("init.maisi_checkpoint: latents fed as z x %s (not z-scored), as MAISI was trained",
+                 scale if scale is not None else "the store's scale_factor")  # fmt: skip
     return datamodule_from_config(data, run_dir=str(run_dir), expected_channels=cfg.model.in_channels)
 
 

@@ -86,6 +86,35 @@ def test_published_layout_loads_and_the_u_head_is_minus_maisis_velocity(maisi_ck
     torch.testing.assert_close(u, -ref, rtol=1e-4, atol=1e-5)
     assert (u + other).abs().max() > 1e-3
     assert report.metadata["num_train_timesteps"] == 1000
+    # the v-head starts as the loaded velocity too (a zero v-head made iMF's first tangent 0)
+    with torch.no_grad():
+        torch.testing.assert_close(net.v(z, t), -ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_v_head_with_a_res_block_also_starts_as_the_loaded_velocity(maisi_ckpt):
+    path, _ = maisi_ckpt
+    net = _ours(NARROW, v_head_num_res_blocks=1).eval()
+    init_from_maisi(net, path, spacing=[150.0, 150.0, 150.0], modality=9)
+    z, t = torch.randn(2, 4, 16, 16, 16), torch.tensor([0.2, 1.0])
+    with torch.no_grad():
+        torch.testing.assert_close(net.v(z, t), net(z, t, t), rtol=1e-5, atol=1e-6)
+        assert net.v(z, t).abs().max() > 1e-3
+
+
+def test_latents_are_fed_at_the_checkpoints_scale_when_starting_from_maisi(maisi_ckpt, tmp_path, demo_latents):
+    """Not z-scored: z x the checkpoint's scale_factor (1.05 in the fixture), the scale MAISI was trained on."""
+    from neuromf.data.store import LatentStore
+
+    path, _ = maisi_ckpt
+    cfg = tiny_cfg(f"init.maisi_checkpoint={path}")
+    dm = train_app.build_datamodule(cfg, tmp_path / "run")
+    dm.setup("fit")
+    assert dm.normalize is False and dm.scale_factor == pytest.approx(1.05)
+    subject = dm.splits["val"][0]
+    raw = LatentStore(demo_latents).load(subject)[0]
+    torch.testing.assert_close(dm.val_latents()[0], raw * 1.05, rtol=1e-5, atol=1e-5)
+    plain = train_app.build_datamodule(tiny_cfg(), tmp_path / "plain")
+    assert plain.normalize is True  # without MAISI weights: z-scored, as before
 
 
 @pytest.mark.parametrize(

@@ -154,7 +154,8 @@ class LatentDataModule(pl.LightningDataModule):
     by default and independent of the run's ``seed``, so every arm and seed of a sweep trains, validates and tests
     on the same subjects; ``seed`` drives shuffling and augmentation only);
     split_ratio: legacy 2-way train fraction (0.9 -> 90/10/0), wins over ``split`` when given.
-    normalize: True -> (z - channel_mean) / channel_std; False -> z * stats["encoder"]["scale_factor"].
+    normalize: True -> (z - channel_mean) / channel_std; False -> z * scale_factor (``scale_factor``, else
+    stats["encoder"]["scale_factor"]): the scale a MAISI diffusion UNet was trained on.
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class LatentDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_in_memory: bool = True,
         normalize: bool = True,
+        scale_factor: float | None = None,
         augmentation: dict | None = None,
         run_dir: str | None = None,
         expected_channels: int | None = None,
@@ -190,6 +192,7 @@ class LatentDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.cache_in_memory = bool(cache_in_memory)
         self.normalize = bool(normalize)
+        self.scale_factor_override = float(scale_factor) if scale_factor is not None else None
         self.augmentation_cfg = validate_config(dict(augmentation) if augmentation else None)
         self.run_dir = Path(run_dir) if run_dir else None
         self.expected_channels = expected_channels
@@ -222,7 +225,7 @@ class LatentDataModule(pl.LightningDataModule):
         if mean.numel() != c or std.numel() != c:
             raise DataError(f"{self.latent_dir}/stats.json: channel_mean/channel_std must have {c} values")
         self.channel_mean, self.channel_std = mean, std
-        self.scale_factor = float(self.stats["encoder"].get("scale_factor", 1.0))
+        self.scale_factor = self.scale_factor_override or float(self.stats["encoder"].get("scale_factor", 1.0))
         if self.normalize and bool((std <= 0).any()):
             raise DataError(f"{self.latent_dir}/stats.json: channel_std has zeros, cannot normalise")
         # per-channel std of what the loaders yield: the augmentation noise is calibrated to it

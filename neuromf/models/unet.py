@@ -174,7 +174,8 @@ class MeanFlowUNet(nn.Module):
 
     # ---- weights ------------------------------------------------------------------------------------------
     def load_maisi_state_dict(self, state_dict: dict[str, Tensor], flip_velocity: bool = True) -> None:
-        """Load a plain DiffusionModelUNetMaisi state dict into the backbone and u-head (strict).
+        """Load a plain DiffusionModelUNetMaisi state dict into the backbone and u-head (strict); the v-head's output
+        block gets the u-head's, so v_hat(z, t) = u(z, t, t) = the loaded network's velocity at the first step.
 
         MAISI's rectified-flow target is x - eps while MeanFlow's velocity is v = eps - x: with
         `flip_velocity` (u-prediction only) the output conv is negated so the u-head predicts eps - x.
@@ -184,3 +185,5 @@ class MeanFlowUNet(nn.Module):
             with torch.no_grad():
                 for p in self.unet.out[-1].parameters():
                     p.neg_()
+        if self.v_head is not None:  # v_hat starts as the loaded velocity: iMF's first tangent is MAISI's v, not 0
+            self.v_head.out.load_state_dict(self.unet.out.state_dict())  # (its res blocks start as the identity)
