@@ -34,6 +34,7 @@ from scipy import stats
 from neuromf.tracking.keys import metric_base, metric_direction
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, RunRecord, load_sweep
 from neuromf.tracking.run import flat_config
+from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 # Loss terms compared per term (never train/loss_raw: it is loss_u + loss_v with a v-head, loss_u without).
 LOSS_TERMS = [("final", "train/loss_u"), ("final", "train/loss_v"), ("best", "val/loss_u"), ("best", "val/loss_v")]
@@ -370,17 +371,18 @@ def wall_time_s(r: RunRecord) -> float | None:
 
 
 def parameter_count(run_dir: Path) -> int | None:
-    """Parameters of the network in the run's last checkpoint (``net.*`` tensors), None without one."""
+    """Parameters of the network in the run's newest checkpoint (``net.*`` tensors), None without one. Loaded as
+    data only (neuromf/tracking/safe_load.py): an unsafe or unreadable checkpoint is skipped with one line naming it."""
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not ckpts:
         return None
     try:
-        import torch
-
-        state = torch.load(ckpts[-1], map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
-    except Exception:
+        ckpt = load_tensors_only(ckpts[-1], mmap=True)
+    except UnsafeCheckpointError as err:
+        print(f"warning: skipped {err}", file=sys.stderr)
         return None
-    n = sum(int(v.numel()) for k, v in state.items() if k.startswith("net.") and hasattr(v, "numel"))
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    n = sum(int(v.numel()) for k, v in state.items() if str(k).startswith("net.") and hasattr(v, "numel"))
     return n or None
 
 
