@@ -33,6 +33,7 @@ from scipy import stats
 
 from neuromf.tracking.keys import metric_base, metric_direction
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, RunRecord, load_sweep
+from neuromf.tracking.redact import MASK, redact_text
 from neuromf.tracking.run import flat_config
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
@@ -435,15 +436,16 @@ def _git(*args: str) -> str | None:
 
 
 def sweep_command(sweep_dir: Path) -> str | None:
-    """The launching command, rebuilt from ``<sweep>/multirun.yaml`` (Hydra's overrides of the multirun)."""
+    """The launching command, rebuilt from ``<sweep>/multirun.yaml`` (Hydra's overrides of the multirun), redacted."""
     path = sweep_dir / "multirun.yaml"
     try:
         ov = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("overrides") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValueError: not text
         return None
     if not ov:
         return None
-    return " ".join(["python -m neuromf.train -m", *ov.get("hydra", []), *ov.get("task", [])])
+    words = ["python -m neuromf.train -m", *map(str, ov.get("hydra", [])), *map(str, ov.get("task", []))]
+    return redact_text(" ".join(words))
 
 
 def provenance_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
@@ -494,6 +496,11 @@ def optuna_storage(sweep_dir: Path) -> tuple[str, str | None] | None:
         sweeper = None
     sweeper = sweeper or {}
     storage, name = sweeper.get("storage"), sweeper.get("study_name")
+    if storage and f":{MASK}@" in str(storage):  # its password was masked when it was written: not reachable
+        print(f"note: {sweep_dir / 'multirun.yaml'}: the study's storage URL {storage} has its password masked; "
+              "the report reaches such a study with a password-free URL and ~/.pgpass or PGPASSWORD "
+              "(docs/slurm.md)", file=sys.stderr)  # fmt: skip
+        storage = None
     if storage and "${" not in str(storage) and str(storage) != "auto":
         for prefix in ("sqlite:///", "journal:///"):  # file storages: only when the file is there
             if str(storage).startswith(prefix):
@@ -542,7 +549,12 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
         row["note"] = t.user_attrs.get("fail_reason") or ("baseline" if t.user_attrs.get("baseline") else "")
         rows.append(row)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    res = {"study": name, "storage": storage, "direction": study.direction.name, "trials": pd.DataFrame(rows)}
+    res = {
+        "study": name,
+        "storage": redact_text(storage),
+        "direction": study.direction.name,
+        "trials": pd.DataFrame(rows),
+    }
     res["states"] = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
     saved = pd.to_numeric(res["trials"][SAVED_COL], errors="coerce") if rows else pd.Series(dtype=float)
     res["saved_device_h"] = float(saved.sum())
@@ -1119,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = build_report(args.sweep_dirs, args.out, args.metric, args.mode, real=not args.no_real)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     arms_df = res["arms"]
     print(md_table(arm_summary(arms_df)[["rank", "arm", "state", "n", "objective"]]))

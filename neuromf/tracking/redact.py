@@ -8,13 +8,16 @@ free text (SQLAlchemy's ``URL.render_as_string(hide_password=True)`` only takes 
 - ``redact_text("postgresql://alice:pw@host/db api_key=abc")`` -> ``"postgresql://alice:***@host/db api_key='***'"``
 - ``redact({"db": {"password": "pw"}})`` -> ``{"db": {"password": "***"}}`` (``drop=True``: the key is left out)
 - ``install_log_redaction()``: every log record of the process is redacted when it is created.
+- ``redact_file(path)``: a text file rewritten redacted (Hydra's .hydra/*.yaml, multirun.yaml).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,9 @@ MASK = "***"
 _SECRET_WORD = r"(?:(?:(?:api|access|secret|private)[_\-]?key|password|passwd|secret|credential)s?|token)"
 # a key whose last part ('.', '_' or '-' separated) is a secret word: password, db.password, WANDB_API_KEY, hf-token
 SECRET_KEY = re.compile(rf"(?:^|[_.\-]){_SECRET_WORD}$", re.IGNORECASE)
-# scheme://user:password@host: the password, up to the last '@' before the path
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s/'\"?#]+)@")
+# scheme://user:password@host: the password, up to the last '@' before the path; also as Hydra escapes it in
+# the overrides it records (postgresql\://user\:password@host)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*\\?://[^\s:/@'\"\\]*\\?:)(?P<pw>[^\s/'\"?#]+)@")
 # a URL query parameter holding a secret (?password=...&): the value
 _QUERY = re.compile(rf"(?P<key>[?&]{_SECRET_WORD}=)(?P<value>[^&\s'\"#]+)", re.IGNORECASE)
 _KEY = rf"(?P<key>(?:[\w.\-]*[_.\-])?{_SECRET_WORD})"
@@ -42,8 +46,8 @@ def is_secret_key(key: Any) -> bool:
 
 def _mask_value(m: re.Match) -> str:
     value = m.group("value")
-    if value.startswith("${") or value.strip("'\"") == MASK:
-        return m.group(0)  # an interpolation names where the secret is, not the secret; or already masked
+    if value.startswith("${") or value.strip("'\"") in (MASK, "", "null", "None", "~"):
+        return m.group(0)  # an interpolation names where the secret is, not the secret; none; already masked
     quote = value[0] if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0] else "'"
     return f"{m.group(0)[: m.start('value') - m.start()]}{quote}{MASK}{quote}"
 
@@ -70,8 +74,10 @@ def redact(obj: Any, drop: bool = False) -> Any:
             else:
                 out[key] = redact(value, drop)
         return out
-    if isinstance(obj, list | tuple):
-        return type(obj)(redact(v, drop) for v in obj)
+    if isinstance(obj, list):
+        return [redact(v, drop) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(redact(v, drop) for v in obj)
     if isinstance(obj, str):
         return redact_text(obj)
     return obj
@@ -92,6 +98,17 @@ def redact_file(path: str | os.PathLike) -> bool:
     tmp.write_text(clean)
     os.replace(tmp, path)
     return True
+
+
+@contextlib.contextmanager
+def redacted_argv():
+    """`sys.argv` redacted while the block runs (for libraries that record the command line, such as W&B)."""
+    saved = list(sys.argv)
+    sys.argv[:] = [redact_text(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 _previous_factory = None
