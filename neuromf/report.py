@@ -47,6 +47,12 @@ NO_STATS = "n = 1: no statistics"
 _EVAL_KEY = re.compile(r"^val/(?!loss)[^/]+(/nfe\d+)?$")
 
 
+def warn_skipped(path: Path, reason: object) -> None:
+    """One line on stderr naming a file of the sweep dir the report cannot use (unreadable, unsafe) and skips."""
+    print(f"warning: skipped {path}: {redact_text(str(reason).strip().splitlines()[0] if str(reason).strip() else '')}",
+          file=sys.stderr)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------- grouping
 def sweep_labels(sweep_dirs: list[Path]) -> list[str]:
     """Short unique labels for sweep dirs (dir name, or parent/name when names clash)."""
@@ -256,8 +262,8 @@ def reference_levels(records: list[RunRecord]) -> dict[str, dict[str, float]]:
             try:
                 for m, lv in (json.loads(path.read_text()).get("reference") or {}).items():
                     levels |= {(m, k): float(v) for k, v in lv.items() if v is not None}
-            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-                pass
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:  # also: not text
+                warn_skipped(path, f"not the evaluation's JSON summary ({type(err).__name__}: {err})")
         for key, v in r.final.items():
             parts = key.split("/")
             if parts[0] == "ref" and len(parts) == 3:
@@ -345,7 +351,8 @@ def _wandb_summary(run_dir: Path) -> dict:
     files = sorted(run_dir.glob("wandb/*run-*/files/wandb-summary.json"), key=lambda p: p.stat().st_mtime)
     try:
         return json.loads(files[-1].read_text()) if files else {}
-    except json.JSONDecodeError:
+    except ValueError as err:  # not JSON, or not text at all
+        warn_skipped(files[-1], f"not W&B's JSON summary ({type(err).__name__}: {err})")
         return {}
 
 
@@ -379,8 +386,8 @@ def parameter_count(run_dir: Path) -> int | None:
         return None
     try:
         ckpt = load_tensors_only(ckpts[-1], mmap=True)
-    except UnsafeCheckpointError as err:
-        print(f"warning: skipped {err}", file=sys.stderr)
+    except UnsafeCheckpointError as err:  # its message starts with the path
+        warn_skipped(ckpts[-1], str(err).removeprefix(f"{ckpts[-1]}: "))
         return None
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     n = sum(int(v.numel()) for k, v in state.items() if str(k).startswith("net.") and hasattr(v, "numel"))
@@ -493,6 +500,9 @@ def optuna_storage(sweep_dir: Path) -> tuple[str, str | None] | None:
     try:
         sweeper = ((yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("hydra") or {}).get("sweeper")
     except (OSError, yaml.YAMLError, AttributeError):
+        sweeper = None
+    except ValueError as err:  # not text
+        warn_skipped(sweep_dir / "multirun.yaml", f"not YAML ({type(err).__name__}: {err})")
         sweeper = None
     sweeper = sweeper or {}
     storage, name = sweeper.get("storage"), sweeper.get("study_name")

@@ -52,7 +52,10 @@ def _overrides(run_dir: Path) -> list[str]:
         return []
     import yaml
 
-    return list(yaml.safe_load(path.read_text()) or [])
+    try:
+        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+    except (OSError, ValueError, TypeError, yaml.YAMLError):  # being written, or not a YAML list: no label
+        return []
 
 
 class SweepProgress(Callback):
