@@ -33,7 +33,9 @@ from scipy import stats
 
 from neuromf.tracking.keys import metric_base, metric_direction
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, RunRecord, load_sweep
+from neuromf.tracking.redact import MASK, redact_text
 from neuromf.tracking.run import flat_config
+from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 # Loss terms compared per term (never train/loss_raw: it is loss_u + loss_v with a v-head, loss_u without).
 LOSS_TERMS = [("final", "train/loss_u"), ("final", "train/loss_v"), ("best", "val/loss_u"), ("best", "val/loss_v")]
@@ -43,6 +45,12 @@ BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0
 NO_STATS = "n = 1: no statistics"
 _EVAL_KEY = re.compile(r"^val/(?!loss)[^/]+(/nfe\d+)?$")
+
+
+def warn_skipped(path: Path, reason: object) -> None:
+    """One line on stderr naming a file of the sweep dir the report cannot use (unreadable, unsafe) and skips."""
+    print(f"warning: skipped {path}: {redact_text(str(reason).strip().splitlines()[0] if str(reason).strip() else '')}",
+          file=sys.stderr)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- grouping
@@ -254,8 +262,8 @@ def reference_levels(records: list[RunRecord]) -> dict[str, dict[str, float]]:
             try:
                 for m, lv in (json.loads(path.read_text()).get("reference") or {}).items():
                     levels |= {(m, k): float(v) for k, v in lv.items() if v is not None}
-            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-                pass
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:  # also: not text
+                warn_skipped(path, f"not the evaluation's JSON summary ({type(err).__name__}: {err})")
         for key, v in r.final.items():
             parts = key.split("/")
             if parts[0] == "ref" and len(parts) == 3:
@@ -343,7 +351,8 @@ def _wandb_summary(run_dir: Path) -> dict:
     files = sorted(run_dir.glob("wandb/*run-*/files/wandb-summary.json"), key=lambda p: p.stat().st_mtime)
     try:
         return json.loads(files[-1].read_text()) if files else {}
-    except json.JSONDecodeError:
+    except ValueError as err:  # not JSON, or not text at all
+        warn_skipped(files[-1], f"not W&B's JSON summary ({type(err).__name__}: {err})")
         return {}
 
 
@@ -370,17 +379,18 @@ def wall_time_s(r: RunRecord) -> float | None:
 
 
 def parameter_count(run_dir: Path) -> int | None:
-    """Parameters of the network in the run's last checkpoint (``net.*`` tensors), None without one."""
+    """Parameters of the network in the run's newest checkpoint (``net.*`` tensors), None without one. Loaded as
+    data only (neuromf/tracking/safe_load.py): an unsafe or unreadable checkpoint is skipped with one line naming it."""
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not ckpts:
         return None
     try:
-        import torch
-
-        state = torch.load(ckpts[-1], map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
-    except Exception:
+        ckpt = load_tensors_only(ckpts[-1], mmap=True)
+    except UnsafeCheckpointError as err:  # its message starts with the path
+        warn_skipped(ckpts[-1], str(err).removeprefix(f"{ckpts[-1]}: "))
         return None
-    n = sum(int(v.numel()) for k, v in state.items() if k.startswith("net.") and hasattr(v, "numel"))
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    n = sum(int(v.numel()) for k, v in state.items() if str(k).startswith("net.") and hasattr(v, "numel"))
     return n or None
 
 
@@ -433,15 +443,16 @@ def _git(*args: str) -> str | None:
 
 
 def sweep_command(sweep_dir: Path) -> str | None:
-    """The launching command, rebuilt from ``<sweep>/multirun.yaml`` (Hydra's overrides of the multirun)."""
+    """The launching command, rebuilt from ``<sweep>/multirun.yaml`` (Hydra's overrides of the multirun), redacted."""
     path = sweep_dir / "multirun.yaml"
     try:
         ov = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("overrides") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValueError: not text
         return None
     if not ov:
         return None
-    return " ".join(["python -m neuromf.train -m", *ov.get("hydra", []), *ov.get("task", [])])
+    words = ["python -m neuromf.train -m", *map(str, ov.get("hydra", [])), *map(str, ov.get("task", []))]
+    return redact_text(" ".join(words))
 
 
 def provenance_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
@@ -490,8 +501,16 @@ def optuna_storage(sweep_dir: Path) -> tuple[str, str | None] | None:
         sweeper = ((yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}).get("hydra") or {}).get("sweeper")
     except (OSError, yaml.YAMLError, AttributeError):
         sweeper = None
+    except ValueError as err:  # not text
+        warn_skipped(sweep_dir / "multirun.yaml", f"not YAML ({type(err).__name__}: {err})")
+        sweeper = None
     sweeper = sweeper or {}
     storage, name = sweeper.get("storage"), sweeper.get("study_name")
+    if storage and f":{MASK}@" in str(storage):  # its password was masked when it was written: not reachable
+        print(f"note: {sweep_dir / 'multirun.yaml'}: the study's storage URL {storage} has its password masked; "
+              "the report reaches such a study with a password-free URL and ~/.pgpass or PGPASSWORD "
+              "(docs/slurm.md)", file=sys.stderr)  # fmt: skip
+        storage = None
     if storage and "${" not in str(storage) and str(storage) != "auto":
         for prefix in ("sqlite:///", "journal:///"):  # file storages: only when the file is there
             if str(storage).startswith(prefix):
@@ -540,7 +559,12 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
         row["note"] = t.user_attrs.get("fail_reason") or ("baseline" if t.user_attrs.get("baseline") else "")
         rows.append(row)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    res = {"study": name, "storage": storage, "direction": study.direction.name, "trials": pd.DataFrame(rows)}
+    res = {
+        "study": name,
+        "storage": redact_text(storage),
+        "direction": study.direction.name,
+        "trials": pd.DataFrame(rows),
+    }
     res["states"] = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
     saved = pd.to_numeric(res["trials"][SAVED_COL], errors="coerce") if rows else pd.Series(dtype=float)
     res["saved_device_h"] = float(saved.sum())
@@ -1120,7 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = build_report(args.sweep_dirs, args.out, args.metric, args.mode, real=not args.no_real)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     arms_df = res["arms"]
     print(md_table(arm_summary(arms_df)[["rank", "arm", "state", "n", "objective"]]))

@@ -13,6 +13,7 @@ import torch
 
 from neuromf.instantiate import build
 from neuromf.meanflow import noise_like, sample
+from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 
 class CheckpointError(ValueError):
@@ -22,14 +23,16 @@ class CheckpointError(ValueError):
 def load_network(ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the MeanFlowUNet from the checkpoint's hyper-parameters and load its (EMA) weights.
 
-    Loaded with weights_only=True: a checkpoint holding arbitrary Python objects is refused."""
+    Loaded as data only (neuromf/tracking/safe_load.py): a checkpoint holding anything but tensors is refused."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({err})") from err
+        ckpt = load_tensors_only(path, map_location=device)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a NeuroMF checkpoint (a {type(ckpt).__name__}, not a dict)")
     hparams = ckpt.get("hyper_parameters", {})
     if "model" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a NeuroMF checkpoint (no hyper_parameters.model / state_dict)")

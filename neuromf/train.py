@@ -31,6 +31,7 @@ from neuromf.models.maisi_init import init_from_maisi
 from neuromf.sweep.pruning import OptunaReporter, Pruned
 from neuromf.tracking.csv_logger import RunCSVLogger
 from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
+from neuromf.tracking.redact import install_log_redaction, redact_text
 from neuromf.tracking.run import clean_config, provenance, stable_run_id, update_status
 from neuromf.tracking.wandb_setup import override_tags
 from neuromf.training.callbacks import DiagnosticsLogger, DivergenceMonitor, ObjectiveTracker, SampleCollector
@@ -48,6 +49,7 @@ from neuromf.training.module import MeanFlowModule
 from neuromf.training.progress import ProgressFile
 
 log = logging.getLogger("neuromf.train")
+install_log_redaction()  # every log line of a run or a sweep's launcher: URL passwords and secrets masked
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -366,7 +368,7 @@ def main(cfg: DictConfig) -> float:
             except OSError:  # an unwritable run dir: the message below says so
                 pass
         if raise_on_failure:
-            for line in str(err).splitlines():
+            for line in redact_text(str(err)).splitlines():
                 print(f"error: {line}", file=sys.stderr)
             sys.exit(2)
         log.error("arm failed: %s (recorded in %s/status.json)", err, run_dir)

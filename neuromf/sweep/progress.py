@@ -14,6 +14,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from neuromf.tracking.redact import redact_text
+
 
 def _fmt_time(seconds) -> str:
     if seconds is None:
@@ -40,7 +42,7 @@ def progress_lines(sweep_dir: Path, arms: dict[str, str] | None = None) -> dict[
         total = f"/{p['total_steps']}" if p.get("total_steps") else ""
         loss = f"  loss_u {p['loss_u']:.3g}" if p.get("loss_u") is not None else ""
         left = "done" if p["state"] == "finished" else f"{_fmt_time(p.get('eta_s'))} left"
-        lines[job] = f"[arm {job}: {label}] {p['state']} step {p['step']}{total}{loss}  {left}"
+        lines[job] = redact_text(f"[arm {job}: {label}] {p['state']} step {p['step']}{total}{loss}  {left}")
     return lines
 
 
@@ -50,7 +52,10 @@ def _overrides(run_dir: Path) -> list[str]:
         return []
     import yaml
 
-    return list(yaml.safe_load(path.read_text()) or [])
+    try:
+        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+    except (OSError, ValueError, TypeError, yaml.YAMLError):  # being written, or not a YAML list: no label
+        return []
 
 
 class SweepProgress(Callback):

@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from neuromf.tracking.metrics import load_sweep, read_config
+from neuromf.tracking.redact import redact
 from neuromf.tracking.run import read_status, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
 
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
     """One row per run dir of the sweep: job, overrides, status, reason, objective, and for pruned runs the
-    step they stopped at and the device-hours that saved (estimated; column `saved_gpu_h`); written as JSON and CSV."""
+    step they stopped at and the device-hours that saved (estimated; column `saved_gpu_h`); written as JSON and CSV,
+    redacted (neuromf/tracking/redact.py)."""
     rows = []
     for run in load_sweep(sweep_dir):
         objective = run.objective if run.objective is not None and math.isfinite(run.objective) else None
@@ -66,7 +68,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["job"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(redact(rows))
     tmp.replace(sweep_dir / "sweep_summary.csv")
     return rows
 

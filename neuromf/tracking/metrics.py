@@ -3,6 +3,9 @@
 A run dir is Hydra's output dir of one training run: ``.hydra/overrides.yaml``, ``.hydra/config.yaml``,
 ``metrics.csv`` (Lightning CSVLogger: sparse rows with columns ``step``, ``epoch`` and one column per metric,
 empty where a metric was not logged on that row) and ``status.json``. A sweep dir holds one run dir per job.
+
+What is read is redacted (neuromf/tracking/redact.py): a sweep dir written elsewhere may hold a URL password in
+its Hydra files; nothing built from these records (report, dashboards, sweep summary) shows it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+
+from neuromf.tracking.redact import redact
 
 DEFAULT_OBJECTIVE = "val/feat3d_fd/nfe1"
 SEED_KEYS = ("seed",)  # override keys that identify a replicate, not an ablation arm
@@ -78,11 +83,11 @@ def _read_yaml_list(path: Path) -> list[str]:
         return []
     try:
         data = yaml.safe_load(path.read_text()) or []
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a YAML list of overrides, got {type(data).__name__}")
-    return [str(x) for x in data]
+    return [redact(str(x)) for x in data]
 
 
 def read_metrics_csv(path: Path) -> pd.DataFrame:
@@ -115,7 +120,8 @@ def summarize(df: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
 
 
 def read_config(run_dir: Path) -> dict:
-    """The composed config of a run (``.hydra/config.yaml``, interpolations left as written); {} if absent."""
+    """The composed config of a run (``.hydra/config.yaml``, interpolations left as written, redacted); {} if
+    absent."""
     path = Path(run_dir) / ".hydra" / "config.yaml"
     if not path.is_file():
         return {}
@@ -124,9 +130,9 @@ def read_config(run_dir: Path) -> dict:
 
         cfg = OmegaConf.load(path)
         try:
-            return OmegaConf.to_container(cfg, resolve=True)
+            return redact(OmegaConf.to_container(cfg, resolve=True))
         except Exception:  # an interpolation needing Hydra's runtime (${hydra:...}, ${now:...})
-            return OmegaConf.to_container(cfg, resolve=False)
+            return redact(OmegaConf.to_container(cfg, resolve=False))
     except Exception as exc:
         raise ValueError(f"{path}: cannot read the composed config ({exc})") from exc
 
@@ -146,11 +152,11 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
     status: dict = {}
     if status_path.is_file():
         try:
-            status = json.loads(status_path.read_text())
-        except json.JSONDecodeError as exc:
+            status = redact(json.loads(status_path.read_text()))
+        except ValueError as exc:  # not JSON, or not text at all
             notes.append(f"status.json unreadable ({exc})")
     if not overrides and status.get("overrides"):
-        overrides = [str(x) for x in status["overrides"]]
+        overrides = [str(x) for x in status["overrides"]]  # redacted with status
     arm, seed = split_arm(overrides)
     config = read_config(run_dir)
     if config.get("seed") is not None:

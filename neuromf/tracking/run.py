@@ -1,23 +1,24 @@
-"""Run-dir bookkeeping: status.json, a W&B run id that survives requeues, the secret-free config, provenance."""
+"""Run-dir bookkeeping: status.json, a W&B run id that survives requeues, the secret-free config, provenance.
+
+Everything written here passes through neuromf/tracking/redact.py (URL passwords, secret-looking keys)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import Any
 
-SECRET = re.compile(r"(^|_)(api_?key|access_?key|token|password|passwd|secret)s?$", re.IGNORECASE)
+from neuromf.tracking.redact import is_secret_key, redact, redact_text
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to `path` via a temp file + os.replace."""
+    """Write JSON to `path` via a temp file + os.replace, with URL passwords and secret-looking keys masked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.write_text(json.dumps(redact(payload), indent=2, default=str))
     os.replace(tmp, path)
 
 
@@ -45,8 +46,9 @@ def stable_run_id(run_dir: Path) -> str:
 
 
 def clean_config(cfg: dict) -> dict[str, Any]:
-    """The nested config with keys that look like secrets (api keys, tokens, ...) dropped at any depth."""
-    return {k: clean_config(v) if isinstance(v, dict) else v for k, v in cfg.items() if not SECRET.search(str(k))}
+    """The nested config with keys that look like secrets (api keys, tokens, ...) dropped at any depth and URL
+    passwords masked (what the loggers record: W&B config, hparams.yaml)."""
+    return redact(cfg, drop=True)
 
 
 def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
@@ -54,12 +56,12 @@ def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
-        if SECRET.search(str(key)):
+        if is_secret_key(key):
             continue
         if isinstance(value, dict):
             out.update(flat_config(value, prefix=f"{name}."))
         else:
-            out[name] = value
+            out[name] = redact(value)
     return out
 
 
@@ -84,7 +86,7 @@ def provenance(repo: str | Path | None = None) -> dict[str, Any]:
     return {
         "git_commit": commit,
         "git_dirty": dirty,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": redact_text(" ".join([Path(sys.executable).name, *sys.argv])),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -9,6 +9,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from neuromf.tracking.redact import redact_text, redacted_argv
+
 
 def wandb_mode(requested: str | None) -> str:
     """`requested` if given, else WANDB_MODE, else online with WANDB_API_KEY and offline without."""
@@ -18,9 +20,10 @@ def wandb_mode(requested: str | None) -> str:
 
 
 def override_tags(overrides: list[str]) -> list[str]:
-    """['model.conditioning=dual', 'seed=1'] -> ['model.conditioning=dual'] (seeds are replicates, not arms)."""
+    """['model.conditioning=dual', 'seed=1'] -> ['model.conditioning=dual'] (seeds are replicates, not arms);
+    redacted (neuromf/tracking/redact.py)."""
     return [
-        o.lstrip("+~")
+        redact_text(o.lstrip("+~"))
         for o in overrides
         if not o.split("=")[0].endswith("seed") and not o.lstrip("+~").startswith(("hydra", "optuna."))
     ]
@@ -38,7 +41,7 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     tags = override_tags(overrides)
     name = f"{cfg.sweep_name}-{run_dir.name}" if tags else run_dir.name
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.logger.wandb.project,
         entity=cfg.logger.wandb.entity,
         save_dir=str(run_dir),
@@ -51,6 +54,9 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
         mode=wandb_mode(cfg.logger.wandb.mode),
         settings=wandb.Settings(program=PROGRAM),
     )
+    with redacted_argv():  # W&B records sys.argv in the run's metadata when the run starts
+        logger.experiment  # noqa: B018
+    return logger
 
 
 def define_metrics(run, cfg: dict) -> dict[str, str | None]:

@@ -6,9 +6,10 @@ optimizer state hold NaN/Inf is not written at all: a diverging run keeps its la
 last.ckpt is kept as last.prev.ckpt (a hard link, no copy), the fallback when last.ckpt is unreadable. A write that
 fails (permissions, disk full) raises `CheckpointWriteError` naming the file and the OS error.
 
-Reading (`validate_checkpoint`, `find_resume_checkpoint`): a checkpoint is loaded and checked (a Lightning
-checkpoint with finite weights) before a run resumes from it; an unreadable last.ckpt falls back to the newest
-readable checkpoint in the same folder.
+Reading (`validate_checkpoint`, `find_resume_checkpoint`): a checkpoint is loaded as data only
+(neuromf/tracking/safe_load.py: tensors, no code) and checked (a Lightning checkpoint with finite weights) before a
+run resumes from it; an unreadable or unsafe last.ckpt falls back to the newest readable checkpoint in the same
+folder. Lightning's own resume load goes through `AtomicCheckpointIO.load_checkpoint`, data only as well.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +127,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointWriteError(None, f"cannot write checkpoint {tmp}: {err}") from err
         self.written[str(path)] = step
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """Lightning's resume load, data only (`load_tensors_only`) whatever `weights_only` Lightning passes."""
+        try:
+            return load_tensors_only(path, map_location=map_location or "cpu")
+        except UnsafeCheckpointError as err:
+            raise CheckpointReadError(str(err)) from err
+
 
 def validate_checkpoint(path: str | os.PathLike) -> dict:
-    """Load `path` (memory-mapped) and check it is a Lightning checkpoint with finite weights.
+    """Load `path` (memory-mapped, data only) and check it is a Lightning checkpoint with finite weights.
     Returns {'path', 'global_step', 'epoch'}; raises CheckpointReadError saying what is wrong."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # truncated zip, bad pickle, not a torch file, ...
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointReadError(f"{path}: unreadable checkpoint ({type(err).__name__}: {detail})") from err
+        ckpt = load_tensors_only(path, mmap=True)
+    except UnsafeCheckpointError as err:  # truncated zip, not a torch file, a pickle of anything but tensors
+        raise CheckpointReadError(str(err)) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
         raise CheckpointReadError(f"{path}: not a Lightning checkpoint (no state_dict / global_step)")
     bad = nonfinite_tensors(ckpt)
