@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuromf.config_schema import check_config
 from neuromf.data.encoders import EncoderError
@@ -45,6 +46,7 @@ from neuromf.training.ddp_strategy import AUTO as DDP_AUTO
 from neuromf.training.ddp_strategy import choose_ddp_strategy
 from neuromf.training.ema import EMA
 from neuromf.training.module import MeanFlowModule
+from neuromf.training.preemption import STOPPED_EXIT_CODE, CheckpointOnSigterm, RunStopped
 from neuromf.training.progress import ProgressFile
 
 log = logging.getLogger("neuromf.train")
@@ -96,6 +98,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         ),
+        CheckpointOnSigterm(dirpath=str(ckpt_dir)),  # last.ckpt at a SIGTERM (preemption, scancel)
     ]
     if cfg.eval.enabled:
         from neuromf.evaluation.callback import EvaluationCallback
@@ -296,7 +299,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             define_metrics(logger.experiment, resolved)
     checkpoint_io = AtomicCheckpointIO()
     trainer = build_trainer(cfg, run_dir, callbacks, loggers, checkpoint_io, module=module)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
+    except SIGTERMException as err:
+        raise stopped(run_dir, trainer, checkpoint_io, resume_step if resume else None) from err
 
     divergence = next(c for c in callbacks if isinstance(c, DivergenceMonitor))
     tracker = next(c for c in callbacks if isinstance(c, ObjectiveTracker))
@@ -341,6 +347,29 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     return objective
 
 
+def resume_hint(run_dir: Path) -> str:
+    """How to re-run the same command into `run_dir` (its default path holds the launch time)."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"re-run the same command with hydra.sweep.dir={run_dir.parent} to resume it and run the arms not yet run"
+    return f"re-run the same command with hydra.run.dir={run_dir} to resume"
+
+
+def stopped(run_dir: Path, trainer: pl.Trainer, checkpoint_io: AtomicCheckpointIO, resume_step) -> RunStopped:
+    """Record status "stopped" (SIGTERM during fit) in status.json; the RunStopped to raise."""
+    last = str(run_dir / "checkpoints" / "last.ckpt")
+    checkpoint_step = checkpoint_io.written.get(last, resume_step)
+    reason = f"SIGTERM at step {trainer.global_step} (preemption, scancel or the time limit)"
+    update_status(
+        run_dir,
+        status="stopped",
+        reason=reason,
+        global_step=trainer.global_step,
+        checkpoint_step=checkpoint_step,
+    )
+    held = f"last.ckpt holds step {checkpoint_step}" if checkpoint_step is not None else "no checkpoint written"
+    return RunStopped(f"{run_dir}: stopped by {reason}; {held}; {resume_hint(run_dir)}")
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
@@ -349,6 +378,10 @@ def main(cfg: DictConfig) -> float:
     raise_on_failure = (not in_sweep) if cfg.raise_on_failure is None else cfg.raise_on_failure
     try:
         return train(cfg, run_dir)
+    except RunStopped as err:  # a sweep stops too: its node is going away
+        print(f"stopped: {err}", file=sys.stderr)
+        log.warning("%s", err)
+        sys.exit(STOPPED_EXIT_CODE)
     except InputError as err:
         if not isinstance(err, RunInUseError):  # a run dir in use belongs to its holder: its status stays
             try:
