@@ -32,7 +32,8 @@ from neuromf.models.maisi_init import init_from_maisi
 from neuromf.sweep.pruning import OptunaReporter, Pruned
 from neuromf.tracking.csv_logger import RunCSVLogger
 from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
-from neuromf.tracking.run import clean_config, provenance, stable_run_id, update_status
+from neuromf.tracking.metrics import read_config
+from neuromf.tracking.run import clean_config, provenance, save_hydra_record, stable_run_id, update_status
 from neuromf.tracking.wandb_setup import override_tags
 from neuromf.training.callbacks import DiagnosticsLogger, DivergenceMonitor, ObjectiveTracker, SampleCollector
 from neuromf.training.checkpoint_io import (
@@ -48,6 +49,7 @@ from neuromf.training.ema import EMA
 from neuromf.training.module import MeanFlowModule
 from neuromf.training.preemption import STOPPED_EXIT_CODE, CheckpointOnSigterm, RunStopped
 from neuromf.training.progress import ProgressFile
+from neuromf.training.resume_guard import RunRecordInCheckpoint, config_changes, describe_changes, run_record
 
 log = logging.getLogger("neuromf.train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -214,6 +216,27 @@ class RunInUseError(InputError):
     """Another live process holds the run dir's lock (its status.json is left alone)."""
 
 
+class ResumeRefused(InputError):
+    """A re-run into an existing run dir with another config or data store (the run dir is left as it was)."""
+
+
+def check_same_run(cfg: DictConfig, run_dir: Path, resume: dict, record: dict) -> None:
+    """Refuse to resume `resume` (validate_checkpoint's info) when its run record (the config and data store it
+    was trained with; .hydra/config.yaml for checkpoints written before checkpoints carried one) differs from
+    `record` outside resume.may_change."""
+    recorded = resume.get("run_record") or {"config": read_config(run_dir), "data_store": None}
+    if not recorded.get("config"):
+        return  # nothing recorded to compare with
+    may_change = list((cfg.get("resume") or {}).get("may_change") or [])
+    changes = config_changes(recorded, record, may_change)
+    if changes:
+        raise ResumeRefused(
+            f"{run_dir}: not resuming {resume['path']} (step {resume['global_step']}): it was trained with another "
+            f"config: {describe_changes(changes)}. Only resume.may_change keys may change on a re-run: train this "
+            "config in a new run dir, or add the keys to resume.may_change"
+        )
+
+
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
 
 
@@ -241,6 +264,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     try:
         if lock is not None and lock.stale_holder:
             print(f"notice: took over the stale lock of {lock.stale_holder} (no longer running)", file=sys.stderr)
+        fresh = not (run_dir / ".hydra" / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+        if lock is not None and fresh:  # a new run dir records its config first (a failed arm has one too)
+            save_hydra_record(run_dir, cfg)
         return _train(cfg, run_dir)
     except OSError as err:
         message = write_error_message(err)
@@ -269,6 +295,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
         datamodule.setup("fit")
         module = build_module(cfg)
         resume = resolve_ckpt_path(cfg, run_dir)
+        record = run_record(OmegaConf.to_container(cfg, resolve=True), datamodule.latent_dir)
+        if resume:
+            check_same_run(cfg, run_dir, resume, record)
         init = cfg.get("init") or {}
         if init.get("maisi_checkpoint") and not resume:  # a resumed run restores its own weights instead
             spacing = list(init.spacing) if init.get("spacing") is not None else None
@@ -276,6 +305,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             update_status(run_dir, init=report.summary())
     except (DataError, EncoderError, ValueError, FileNotFoundError) as err:
         raise InputError(str(err)) from err
+    if is_rank_zero_process():
+        save_hydra_record(run_dir, cfg)  # the checks passed: this config is what the run dir now records
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     update_status(  # only now: a refused checkpoint (or data) leaves status.json as it was, but for main's failure
         run_dir,
@@ -288,7 +319,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     resume_step = resume["global_step"] if resume else 0
     if resume:
         update_status(run_dir, resumed_from=resume["path"], resumed_step=resume_step)
-    callbacks = build_callbacks(cfg, run_dir)
+    callbacks = [*build_callbacks(cfg, run_dir), RunRecordInCheckpoint(record)]
     loggers = build_loggers(cfg, run_dir, resume_step=resume_step)
     resolved = clean_config(OmegaConf.to_container(cfg, resolve=True))
     for logger in loggers:
@@ -383,7 +414,7 @@ def main(cfg: DictConfig) -> float:
         log.warning("%s", err)
         sys.exit(STOPPED_EXIT_CODE)
     except InputError as err:
-        if not isinstance(err, RunInUseError):  # a run dir in use belongs to its holder: its status stays
+        if not isinstance(err, RunInUseError | ResumeRefused):  # the holder's / the earlier run's status stays
             try:
                 update_status(run_dir, status="failed", reason=f"InputError: {err}")
             except OSError:  # an unwritable run dir: the message below says so
@@ -395,7 +426,10 @@ def main(cfg: DictConfig) -> float:
         log.error("arm failed: %s (recorded in %s/status.json)", err, run_dir)
         return math.nan
     except Exception as err:
-        update_status(run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        try:
+            update_status(run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        except OSError:  # an unwritable run dir: the exception below is what went wrong first
+            pass
         if raise_on_failure:
             raise
         log.exception("arm failed; recorded in %s/status.json", run_dir)
