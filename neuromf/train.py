@@ -240,13 +240,14 @@ def check_same_run(cfg: DictConfig, run_dir: Path, resume: dict, record: dict) -
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
 
 
-def write_error_message(err: OSError) -> str | None:
-    """'cannot write <path>: <OS error>' for an OSError that is a failed write (permissions, disk full)."""
+def write_error_message(err: OSError, where: str | Path | None = None) -> str | None:
+    """'cannot write <path>: <OS error>' for an OSError that is a failed write (permissions, disk full);
+    `where`: the path to name when the error carries none."""
     if isinstance(err, CheckpointWriteError):
         return str(err)
     if err.errno not in WRITE_ERRNOS:
         return None
-    path = err.filename or "a file in the run dir"
+    path = err.filename or where or "a file in the run dir"
     return f"cannot write {path}: {err.strerror} (fix the permissions or free space, then re-run)"
 
 
@@ -260,7 +261,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     except RunLockedError as err:
         raise RunInUseError(str(err)) from err
     except OSError as err:
-        raise InputError(write_error_message(err) or f"{run_dir}/.lock: {err}") from err
+        raise InputError(write_error_message(err, run_dir / ".lock") or f"{run_dir}/.lock: {err}") from err
     try:
         if lock is not None and lock.stale_holder:
             print(f"notice: took over the stale lock of {lock.stale_holder} (no longer running)", file=sys.stderr)
@@ -269,7 +270,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             save_hydra_record(run_dir, cfg)
         return _train(cfg, run_dir)
     except OSError as err:
-        message = write_error_message(err)
+        message = write_error_message(err, f"a file in {run_dir}")
         if message is None:
             raise
         raise InputError(message) from err

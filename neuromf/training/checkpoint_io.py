@@ -28,6 +28,9 @@ WEIGHT_KEYS = ("state_dict", "current_model_state", "optimizer_states")  # state
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (permissions, disk full, ...): the message names the file."""
 
+    def __str__(self) -> str:
+        return str(self.strerror if self.strerror is not None else self.args[-1])  # without "[Errno N]"
+
 
 class CheckpointReadError(Exception):
     """A checkpoint cannot be resumed from (truncated, not a Lightning checkpoint, non-finite weights)."""
