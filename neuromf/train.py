@@ -153,9 +153,12 @@ def optuna_reporter(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
 def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
     loggers = [RunCSVLogger(str(run_dir), resume_step=resume_step)]
     if cfg.logger.wandb.enabled:
-        from neuromf.tracking.wandb_setup import make_wandb_logger
+        from neuromf.tracking.wandb_setup import WandbUnavailable, start_wandb_logger
 
-        loggers.append(make_wandb_logger(cfg, run_dir, run_id=stable_run_id(run_dir)))
+        try:
+            loggers.append(start_wandb_logger(cfg, run_dir, run_id=stable_run_id(run_dir)))
+        except WandbUnavailable as err:
+            raise InputError(str(err)) from err
     return loggers
 
 
