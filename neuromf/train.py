@@ -385,7 +385,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
 def resume_hint(run_dir: Path) -> str:
     """How to re-run the same command into `run_dir` (its default path holds the launch time)."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"re-run the same command with hydra.sweep.dir={run_dir.parent} to resume it and run the arms not yet run"
+        sweep_dir = run_dir.parent
+        return f"re-run the same command with hydra.sweep.dir={sweep_dir} to resume it and run the arms not yet run"
     return f"re-run the same command with hydra.run.dir={run_dir} to resume"
 
 
@@ -431,7 +432,8 @@ def main(cfg: DictConfig) -> float:
         return math.nan
     except Exception as err:
         try:
-            update_status(run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+            reason = f"{type(err).__name__}: {err}"
+            update_status(run_dir, status="failed", reason=reason, traceback=traceback.format_exc())
         except OSError:  # an unwritable run dir: the exception below is what went wrong first
             pass
         if raise_on_failure:
