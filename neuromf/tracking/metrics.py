@@ -184,7 +184,8 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
         notes.append("no metrics.csv (crashed before the first logged step?)")
         state = state if state in ("failed", "diverged", "running") else "failed"
     elif state is None:
-        notes.append("no status.json")
+        if not status_path.is_file():
+            notes.append("no status.json")
         state = "unknown"
     if status.get("reason"):
         notes.append(str(status["reason"]))
