@@ -79,7 +79,7 @@ def test_sigterm_to_a_sequential_sweep_stops_it_and_the_same_command_resumes_and
     sweep = tmp_path / "sweep"
     command = ["-m", *TINY, *SMALL, *EIGHT_STEPS, "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"]
     proc = _popen(command)
-    _, stderr = _sigterm_after_step(proc, sweep / "0" / "metrics.csv", 4)
+    stdout, stderr = _sigterm_after_step(proc, sweep / "0" / "metrics.csv", 4)
     assert proc.returncode == 143, stderr[-3000:]
     _assert_stopped(sweep / "0", stderr)
     assert f"re-run the same command with hydra.sweep.dir={sweep} to resume it" in stderr
@@ -87,7 +87,7 @@ def test_sigterm_to_a_sequential_sweep_stops_it_and_the_same_command_resumes_and
     rows = json.loads((sweep / "sweep_summary.json").read_text())["runs"]
     assert [(r["job"], r["status"]) for r in rows] == [("0", "stopped"), ("1", "not started")]
     assert rows[1]["overrides"].endswith("optim.lr=0.002")
-    assert "sweep summary: 0/2 arms completed, 1 stopped, 1 not started" in stderr
+    assert "sweep summary: 0/2 arms completed, 1 stopped, 1 not started" in stdout + stderr  # Hydra's log
 
     again = _popen(command)
     _, stderr = again.communicate(timeout=DEADLINE_S)
