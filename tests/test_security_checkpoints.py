@@ -158,7 +158,7 @@ SWEEP_FILES = {
     "0/status.json": "note",
     "0/.hydra/config.yaml": "error",
     "0/.hydra/overrides.yaml": "error",
-    "0/metrics.csv": "note",  # read as far as it parses; the cut-off part is named in the report
+    "0/metrics.csv": "error",
     "0/progress.json": "unused",
     "0/eval/summary.json": "warning",
     "0/wandb/offline-run-20260101_000000-abc/files/wandb-summary.json": "warning",
@@ -214,7 +214,7 @@ def test_sweep_readers_run_nothing_from_any_planted_file(tmp_path, marker, plant
         assert len(warnings) == 1, proc.stderr[-3000:]
     elif outcome == "note":
         report = (tmp_path / "report" / "report.md").read_text()
-        assert str(path) in report  # named in the report's notes, as a damaged file
+        assert f"{path}: " in report and "the run's status is unknown" in report  # named, as a damaged file
     for reader in (summarize_sweep, run_configs, progress_lines):
         try:
             reader(sd)
