@@ -107,6 +107,7 @@ def test_a_study_is_keyed_by_its_search_space_and_fixed_config(tmp_path):
         _identity("hydra/launcher=slurm_a100", "hydra.sweeper.n_trials=3", "logger=csv", "torch_threads=1")[0]
         == (base[0])
     )
+    assert _identity("trainer.max_epochs=100")[0] == base[0]  # longer trials resume the same study
     assert _identity("experiment=demo_gpu")[0] != base[0]
     assert _identity(lr="tag(log, interval(1e-4, 1e-2))")[0] != base[0]
 

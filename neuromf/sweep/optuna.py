@@ -68,9 +68,12 @@ def _quote(value: str) -> str:
 
 IDENTITY_ATTR = "config_identity"  # study user attrs: the hash and the flat fixed config it hashes
 IDENTITY_CONFIG_ATTR = "config_identity_keys"
-# keys that do not change what a trial measures: a study resumed with other values of these is the same study
+# keys a study may be resumed with other values of: how it is launched and logged, and the training length
+# (a study is often resumed with longer or shorter trials, as a run dir resumes with another max_epochs)
 IDENTITY_IGNORED = ("hydra", "optuna", "logger", "torch_threads", "raise_on_failure", "ckpt_path",
-                    "data.num_workers", "trainer.enable_progress_bar", "trainer.enable_model_summary")  # fmt: skip
+                    "data.num_workers", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                    "trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches",
+                    "trainer.limit_val_batches")  # fmt: skip
 
 
 def study_identity(config: DictConfig, space: dict) -> tuple[str, dict[str, str]]:
