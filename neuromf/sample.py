@@ -49,6 +49,19 @@ def load_network(ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu
     return net.to(device).eval(), hparams
 
 
+def argument_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments (one line), None when they are usable."""
+    if args.n < 1:
+        return f"--n {args.n}: the number of samples must be >= 1"
+    if args.nfe < 1:
+        return f"--nfe {args.nfe}: the number of sampling steps must be >= 1"
+    if args.out is not None:
+        existing = next((p for p in (Path(args.out), *Path(args.out).parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            return f"--out {args.out}: {existing} exists and is not a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m neuromf.sample",
@@ -64,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latent-dir", default=None, help="latent store to decode with (default: the training one)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
+    problem = argument_error(args)
+    if problem:  # before anything is loaded or created
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         net, hparams = load_network(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     except CheckpointError as err:

@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuromf.config_schema import check_config
 from neuromf.data.encoders import EncoderError
@@ -31,8 +32,9 @@ from neuromf.models.maisi_init import init_from_maisi
 from neuromf.sweep.pruning import OptunaReporter, Pruned
 from neuromf.tracking.csv_logger import RunCSVLogger
 from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
+from neuromf.tracking.metrics import read_config
 from neuromf.tracking.redact import install_log_redaction, redact_text
-from neuromf.tracking.run import clean_config, provenance, stable_run_id, update_status
+from neuromf.tracking.run import clean_config, provenance, save_hydra_record, stable_run_id, update_status
 from neuromf.tracking.wandb_setup import override_tags
 from neuromf.training.callbacks import DiagnosticsLogger, DivergenceMonitor, ObjectiveTracker, SampleCollector
 from neuromf.training.checkpoint_io import (
@@ -46,7 +48,9 @@ from neuromf.training.ddp_strategy import AUTO as DDP_AUTO
 from neuromf.training.ddp_strategy import choose_ddp_strategy
 from neuromf.training.ema import EMA
 from neuromf.training.module import MeanFlowModule
+from neuromf.training.preemption import STOPPED_EXIT_CODE, CheckpointOnSigterm, RunStopped
 from neuromf.training.progress import ProgressFile
+from neuromf.training.resume_guard import RunRecordInCheckpoint, config_changes, describe_changes, run_record
 
 log = logging.getLogger("neuromf.train")
 install_log_redaction()  # every log line of a run or a sweep's launcher: URL passwords and secrets masked
@@ -108,6 +112,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         ),
+        CheckpointOnSigterm(dirpath=str(ckpt_dir)),  # last.ckpt at a SIGTERM (preemption, scancel)
     ]
     if cfg.eval.enabled:
         from neuromf.evaluation.callback import EvaluationCallback
@@ -160,9 +165,12 @@ def optuna_reporter(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
 def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
     loggers = [RunCSVLogger(str(run_dir), resume_step=resume_step)]
     if cfg.logger.wandb.enabled:
-        from neuromf.tracking.wandb_setup import make_wandb_logger
+        from neuromf.tracking.wandb_setup import WandbUnavailable, start_wandb_logger
 
-        loggers.append(make_wandb_logger(cfg, run_dir, run_id=stable_run_id(run_dir)))
+        try:
+            loggers.append(start_wandb_logger(cfg, run_dir, run_id=stable_run_id(run_dir)))
+        except WandbUnavailable as err:
+            raise InputError(str(err)) from err
     return loggers
 
 
@@ -223,16 +231,38 @@ class RunInUseError(InputError):
     """Another live process holds the run dir's lock (its status.json is left alone)."""
 
 
+class ResumeRefused(InputError):
+    """A re-run into an existing run dir with another config or data store (the run dir is left as it was)."""
+
+
+def check_same_run(cfg: DictConfig, run_dir: Path, resume: dict, record: dict) -> None:
+    """Refuse to resume `resume` (validate_checkpoint's info) when its run record (the config and data store it
+    was trained with; .hydra/config.yaml for checkpoints written before checkpoints carried one) differs from
+    `record` outside resume.may_change."""
+    recorded = resume.get("run_record") or {"config": read_config(run_dir), "data_store": None}
+    if not recorded.get("config"):
+        return  # nothing recorded to compare with
+    may_change = list((cfg.get("resume") or {}).get("may_change") or [])
+    changes = config_changes(recorded, record, may_change)
+    if changes:
+        raise ResumeRefused(
+            f"{run_dir}: not resuming {resume['path']} (step {resume['global_step']}): it was trained with another "
+            f"config: {describe_changes(changes)}. Only resume.may_change keys may change on a re-run: train this "
+            "config in a new run dir, or add the keys to resume.may_change"
+        )
+
+
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
 
 
-def write_error_message(err: OSError) -> str | None:
-    """'cannot write <path>: <OS error>' for an OSError that is a failed write (permissions, disk full)."""
+def write_error_message(err: OSError, where: str | Path | None = None) -> str | None:
+    """'cannot write <path>: <OS error>' for an OSError that is a failed write (permissions, disk full);
+    `where`: the path to name when the error carries none."""
     if isinstance(err, CheckpointWriteError):
         return str(err)
     if err.errno not in WRITE_ERRNOS:
         return None
-    path = err.filename or "a file in the run dir"
+    path = err.filename or where or "a file in the run dir"
     return f"cannot write {path}: {err.strerror} (fix the permissions or free space, then re-run)"
 
 
@@ -246,13 +276,16 @@ def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     except RunLockedError as err:
         raise RunInUseError(str(err)) from err
     except OSError as err:
-        raise InputError(write_error_message(err) or f"{run_dir}/.lock: {err}") from err
+        raise InputError(write_error_message(err, run_dir / ".lock") or f"{run_dir}/.lock: {err}") from err
     try:
         if lock is not None and lock.stale_holder:
             print(f"notice: took over the stale lock of {lock.stale_holder} (no longer running)", file=sys.stderr)
+        fresh = not (run_dir / ".hydra" / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+        if lock is not None and fresh:  # a new run dir records its config first (a failed arm has one too)
+            save_hydra_record(run_dir, cfg)
         return _train(cfg, run_dir)
     except OSError as err:
-        message = write_error_message(err)
+        message = write_error_message(err, f"a file in {run_dir}")
         if message is None:
             raise
         raise InputError(message) from err
@@ -278,6 +311,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
         datamodule.setup("fit")
         module = build_module(cfg)
         resume = resolve_ckpt_path(cfg, run_dir)
+        record = run_record(OmegaConf.to_container(cfg, resolve=True), datamodule.latent_dir)
+        if resume:
+            check_same_run(cfg, run_dir, resume, record)
         init = cfg.get("init") or {}
         if init.get("maisi_checkpoint") and not resume:  # a resumed run restores its own weights instead
             spacing = list(init.spacing) if init.get("spacing") is not None else None
@@ -285,6 +321,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             update_status(run_dir, init=report.summary())
     except (DataError, EncoderError, ValueError, FileNotFoundError) as err:
         raise InputError(str(err)) from err
+    if is_rank_zero_process():
+        save_hydra_record(run_dir, cfg)  # the checks passed: this config is what the run dir now records
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     update_status(  # only now: a refused checkpoint (or data) leaves status.json as it was, but for main's failure
         run_dir,
@@ -297,7 +335,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     resume_step = resume["global_step"] if resume else 0
     if resume:
         update_status(run_dir, resumed_from=resume["path"], resumed_step=resume_step)
-    callbacks = build_callbacks(cfg, run_dir)
+    callbacks = [*build_callbacks(cfg, run_dir), RunRecordInCheckpoint(record)]
     loggers = build_loggers(cfg, run_dir, resume_step=resume_step)
     resolved = clean_config(OmegaConf.to_container(cfg, resolve=True))
     for logger in loggers:
@@ -308,7 +346,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             define_metrics(logger.experiment, resolved)
     checkpoint_io = AtomicCheckpointIO()
     trainer = build_trainer(cfg, run_dir, callbacks, loggers, checkpoint_io, module=module)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
+    except SIGTERMException as err:
+        raise stopped(run_dir, trainer, checkpoint_io, resume_step if resume else None) from err
 
     divergence = next(c for c in callbacks if isinstance(c, DivergenceMonitor))
     tracker = next(c for c in callbacks if isinstance(c, ObjectiveTracker))
@@ -353,6 +394,30 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     return objective
 
 
+def resume_hint(run_dir: Path) -> str:
+    """How to re-run the same command into `run_dir` (its default path holds the launch time)."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = run_dir.parent
+        return f"re-run the same command with hydra.sweep.dir={sweep_dir} to resume it and run the arms not yet run"
+    return f"re-run the same command with hydra.run.dir={run_dir} to resume"
+
+
+def stopped(run_dir: Path, trainer: pl.Trainer, checkpoint_io: AtomicCheckpointIO, resume_step) -> RunStopped:
+    """Record status "stopped" (SIGTERM during fit) in status.json; the RunStopped to raise."""
+    last = str(run_dir / "checkpoints" / "last.ckpt")
+    checkpoint_step = checkpoint_io.written.get(last, resume_step)
+    reason = f"SIGTERM at step {trainer.global_step} (preemption, scancel or the time limit)"
+    update_status(
+        run_dir,
+        status="stopped",
+        reason=reason,
+        global_step=trainer.global_step,
+        checkpoint_step=checkpoint_step,
+    )
+    held = f"last.ckpt holds step {checkpoint_step}" if checkpoint_step is not None else "no checkpoint written"
+    return RunStopped(f"{run_dir}: stopped by {reason}; {held}; {resume_hint(run_dir)}")
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
@@ -361,8 +426,12 @@ def main(cfg: DictConfig) -> float:
     raise_on_failure = (not in_sweep) if cfg.raise_on_failure is None else cfg.raise_on_failure
     try:
         return train(cfg, run_dir)
+    except RunStopped as err:  # a sweep stops too: its node is going away
+        print(f"stopped: {err}", file=sys.stderr)
+        log.warning("%s", err)
+        sys.exit(STOPPED_EXIT_CODE)
     except InputError as err:
-        if not isinstance(err, RunInUseError):  # a run dir in use belongs to its holder: its status stays
+        if not isinstance(err, RunInUseError | ResumeRefused):  # the holder's / the earlier run's status stays
             try:
                 update_status(run_dir, status="failed", reason=f"InputError: {err}")
             except OSError:  # an unwritable run dir: the message below says so
@@ -374,7 +443,11 @@ def main(cfg: DictConfig) -> float:
         log.error("arm failed: %s (recorded in %s/status.json)", err, run_dir)
         return math.nan
     except Exception as err:
-        update_status(run_dir, status="failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        try:
+            reason = f"{type(err).__name__}: {err}"
+            update_status(run_dir, status="failed", reason=reason, traceback=traceback.format_exc())
+        except OSError:  # an unwritable run dir: the exception below is what went wrong first
+            pass
         if raise_on_failure:
             raise
         log.exception("arm failed; recorded in %s/status.json", run_dir)

@@ -38,7 +38,10 @@ def test_the_launcher_thread_prints_changes_while_arms_run(tmp_path):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     callback.on_multirun_start(config)
     _arm(tmp_path, "0", ["seed=1"], state="training", step=3, total_steps=9, loss_u=1.0, eta_s=12)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 120  # until the thread printed the first state (however loaded the machine)
+    while "training step 3/9" not in out.getvalue():
+        assert time.monotonic() < deadline, "the progress thread never printed"
+        time.sleep(0.05)
     (tmp_path / "0" / "progress.json").write_text(
         json.dumps({"state": "finished", "step": 9, "total_steps": 9, "loss_u": 0.5, "eta_s": 0})
     )

@@ -23,6 +23,10 @@ from neuromf.sweep.storage import find_storage, open_storage
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 State = optuna.trial.TrialState
 EPOCHS = PRUNING_EPOCHS  # 6 steps
+# Waits on other processes end on what they do (exit, a file, a study state), never on a fixed time: these deadlines
+# only stop a hung test, and the SLURM job limit only kills a hung job, on a loaded 2-core CI machine included.
+DEADLINE_S = 1800
+JOB_LIMIT_MIN = 60
 
 
 def _study(sweep_dir: Path, storage: str | None = None, name: str = "lr_optuna") -> optuna.Study:
@@ -37,11 +41,11 @@ MEDIAN = [
 FOUR = [*HOPELESS, *EPOCHS, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
 
 
-def _search(run, partition: str, sweep: Path, *args: str, timeout: float = 400):
+def _search(run, partition: str, sweep: Path, *args: str, timeout: float = DEADLINE_S):
     return run(
         [
             "sweep=lr_optuna",
-            *slurm_launcher(partition),
+            *slurm_launcher(partition, timeout_min=JOB_LIMIT_MIN),
             f"hydra.sweep.dir={sweep}",
             *TINY_TRAIN,
             *args,
@@ -97,7 +101,7 @@ def test_killed_launchers_running_trial_is_closed_as_fail(slurm_cluster, neuromf
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline"}
     args = [
         "sweep=lr_optuna",
-        *slurm_launcher(slurm_cluster),
+        *slurm_launcher(slurm_cluster, timeout_min=JOB_LIMIT_MIN),
         f"hydra.sweep.dir={sweep}",
         "hydra.sweeper.n_trials=1",
         "hydra.sweeper.n_jobs=1",
@@ -109,7 +113,7 @@ def test_killed_launchers_running_trial_is_closed_as_fail(slurm_cluster, neuromf
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline, job = time.time() + 240, None
+        deadline, job = time.time() + DEADLINE_S, None
         while time.time() < deadline and job is None:  # until the job started and recorded itself on its trial
             time.sleep(2)
             if find_storage(sweep):
@@ -120,7 +124,7 @@ def test_killed_launchers_running_trial_is_closed_as_fail(slurm_cluster, neuromf
         os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait()
     subprocess.run(["scancel", job], check=True)
-    deadline = time.time() + 120
+    deadline = time.time() + DEADLINE_S
     while time.time() < deadline:  # until SLURM no longer runs it
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.split()
         if not out or out[0] not in ("RUNNING", "COMPLETING", "PENDING"):
@@ -129,7 +133,7 @@ def test_killed_launchers_running_trial_is_closed_as_fail(slurm_cluster, neuromf
     assert [t.state for t in _study(sweep).trials] == [State.RUNNING]
 
     neuromf_multirun([*args, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-                      "hydra.sweeper.n_trials=1"], timeout=400)  # fmt: skip
+                      "hydra.sweeper.n_trials=1"], timeout=DEADLINE_S)  # fmt: skip
     t0, t1 = sorted(_study(sweep).trials, key=lambda t: t.number)
     assert t0.state == State.FAIL and t0.user_attrs["fail_reason"].startswith("stale: job in")
     assert f"SLURM job {job}" in t0.user_attrs["fail_reason"]
@@ -143,7 +147,7 @@ def test_two_launchers_share_a_postgresql_study(slurm_cluster, postgres_url, tmp
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline"}
     common = [
         "sweep=lr_optuna",
-        *slurm_launcher(slurm_cluster),
+        *slurm_launcher(slurm_cluster, timeout_min=JOB_LIMIT_MIN),
         f"hydra.sweeper.storage={postgres_url}",
         f"hydra.sweeper.study_name={name}",
         "hydra.sweeper.n_trials=1",
@@ -160,7 +164,7 @@ def test_two_launchers_share_a_postgresql_study(slurm_cluster, postgres_url, tmp
         for d in ("a", "b")
     ]  # fmt: skip
     for p in procs:
-        out, _ = p.communicate(timeout=400)
+        out, _ = p.communicate(timeout=DEADLINE_S)  # each waits on its own process: no fixed sleep
         assert p.returncode == 0, out[-4000:]
     study = _study(tmp_path, postgres_url, name)
     trials = sorted(study.trials, key=lambda t: t.number)

@@ -212,3 +212,22 @@ def test_a_fresh_trial_without_a_recorded_launcher_is_not_stale():
     assert stale_reason(SimpleNamespace(user_attrs={}, datetime_start=old)) == (
         "stale: no job or launcher recorded for this trial"
     )
+
+
+def test_a_trial_whose_launcher_still_runs_here_is_not_stale(tmp_path):
+    """Between a job's end (its run dir lock released) and its launcher telling the study, another launcher of the
+    same study may look: the trial is not stale while its launcher lives on this host, and is once it is gone."""
+    import socket
+    import subprocess
+    import sys
+
+    from neuromf.sweep.pruning import stale_reason
+
+    launcher = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    attrs = {"run_dir": str(tmp_path), "launcher_host": socket.gethostname(), "launcher_pid": launcher.pid}
+    trial = SimpleNamespace(user_attrs=attrs, datetime_start=None)
+    try:
+        assert stale_reason(trial) is None  # no live lock on the run dir, but its launcher runs
+    finally:
+        launcher.communicate(b"")
+    assert stale_reason(trial) == f"stale: job in {tmp_path} no longer runs (no live lock; its process is gone)"

@@ -3,7 +3,7 @@
 import pytest
 from training_helpers import tiny_cfg
 
-from neuromf.tracking.run import clean_config, flat_config, stable_run_id, update_status
+from neuromf.tracking.run import clean_config, flat_config, read_status, stable_run_id, update_status
 from neuromf.tracking.wandb_setup import define_metrics, make_wandb_logger, override_tags, wandb_mode
 
 
@@ -139,3 +139,43 @@ def test_dashboards_read_the_summary_holding_the_best_value(tmp_path, monkeypatc
         refs |= summary_refs((out / name).read_text())
     assert "val/feat3d_fd/nfe1.min" in refs and "ref/kid/real" in refs
     assert refs <= set(summary), f"dashboards read summaries W&B does not store: {sorted(refs - set(summary))}"
+
+
+@pytest.mark.slow
+def test_an_unreachable_wandb_server_falls_back_to_offline_with_one_warning(tmp_path):
+    """WANDB_API_KEY exported and no network (the compute-node case): after logger.wandb.init_timeout seconds the
+    run logs offline, with one warning naming `wandb sync`, and completes."""
+    import os
+    import subprocess
+    import sys
+
+    from test_training_faults import REPO, SMALL, TINY
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    env.pop("WANDB_MODE", None)
+    cmd = [sys.executable, "-m", "neuromf.train", *TINY, *SMALL, "logger=wandb", "logger.wandb.init_timeout=5",
+           "trainer.max_epochs=1", f"hydra.run.dir={run}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: W&B")]
+    assert len(warnings) == 1, proc.stderr[-3000:]
+    assert "could not start an online run within 5 s" in warnings[0]
+    assert f"wandb sync {run}/wandb/offline-run-*" in warnings[0]
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    assert read_status(run)["status"] == "completed"
+
+
+def test_without_the_offline_fallback_a_missing_key_is_one_clear_error(tmp_path, monkeypatch):
+    from neuromf.tracking.wandb_setup import WandbUnavailable, start_wandb_logger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = tiny_cfg("logger=wandb", "logger.wandb.init_timeout=5", "logger.wandb.offline_fallback=false")
+    with pytest.raises(WandbUnavailable) as err:
+        start_wandb_logger(cfg, tmp_path, "abc")
+    message = str(err.value)
+    assert message.startswith("W&B could not start an online run within 5 s (UsageError: ") and "\n" not in message
+    assert "set WANDB_MODE=offline" in message

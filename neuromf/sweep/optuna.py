@@ -26,7 +26,7 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from neuromf.sweep.pruning import PRUNER_ATTR, Pruned, make_pruner, stale_reason
-from neuromf.sweep.storage import open_storage, resolve_storage
+from neuromf.sweep.storage import StorageError, open_storage, resolve_storage
 
 log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
@@ -195,10 +195,10 @@ class ResumableOptunaSweeper(OptunaSweeper):
             impl.n_trials = min(impl.n_trials, n_grid + len(self.baselines))
         directions = impl._get_directions()
         storage_url = self._storage_url()
-        study = self._study(storage_url, directions)
         try:
+            study = self._study(storage_url, directions)
             check_study_identity(study, *study_identity(impl.config, space), where=str(storage_url))
-        except StudyMismatchError as err:
+        except (StorageError, StudyMismatchError) as err:  # a damaged study file, or another search's study
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         log.info("study %r in %s (pruner %s)", study.study_name, storage_url, type(study.pruner).__name__)

@@ -189,11 +189,16 @@ UNRECORDED_GRACE_S = 600.0  # a RUNNING trial with no launcher recorded is left 
 def stale_reason(trial) -> str | None:
     """Why a RUNNING trial's job is gone (a sentence), or None when it may still run.
 
-    A job that started recorded its run dir (and SLURM job id): gone when no live process holds the run dir's
-    lock and SLURM does not list the job as pending/running. A trial whose job never started is gone when the
+    A trial whose launcher still runs on this host is never stale. A job that started recorded its run dir (and
+    SLURM job id): gone when no live process holds the run dir's lock and SLURM does not list the job as
+    pending/running. A trial whose job never started is gone when the
     launcher that asked for it (same host) is dead; one asked by a launcher on another host is left alone."""
     attrs = trial.user_attrs
     run_dir, job = attrs.get("run_dir"), attrs.get("slurm_job_id")
+    host, pid = attrs.get("launcher_host"), attrs.get("launcher_pid")
+    if host == socket.gethostname() and pid is not None and int(pid) != os.getpid() and pid_alive(int(pid)):
+        return None  # its launcher still runs: it tells the study how the job ended (also after the job's lock is
+        # released and before the launcher has noticed that the job finished)
     if run_dir:
         holder = lock_holder(run_dir)
         if holder:
@@ -203,7 +208,6 @@ def stale_reason(trial) -> str | None:
             return None
         where = f"SLURM job {job} is {state or 'gone'}" if job else "its process is gone"
         return f"stale: job in {run_dir} no longer runs (no live lock; {where})"
-    host, pid = attrs.get("launcher_host"), attrs.get("launcher_pid")
     if host is None or pid is None:
         # a launcher records itself right after study.ask(): another launcher of the same study may look in between
         started = trial.datetime_start

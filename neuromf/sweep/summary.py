@@ -43,12 +43,37 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
     return out
 
 
-def summarize_sweep(sweep_dir: Path) -> list[dict]:
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job of a grid multirun (Hydra's BasicSweeper: hydra.sweeper.params, then the
+    command line's overrides, expanded with BasicSweeper.split_arguments as it does); None for other sweepers
+    (an Optuna study's trials are not known in advance)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.get("sweeper") or {}
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> list[dict]:
     """One row per run dir of the sweep: job, overrides, status, reason, objective, and for pruned runs the
     step they stopped at and the device-hours that saved (estimated; column `saved_gpu_h`); written as JSON and CSV,
-    redacted (neuromf/tracking/redact.py)."""
+    redacted (neuromf/tracking/redact.py). `planned` (planned_jobs): the jobs of a grid, each without a run dir
+    listed as "not started"."""
     rows = []
-    for run in load_sweep(sweep_dir):
+    try:
+        runs = load_sweep(sweep_dir)
+    except FileNotFoundError:
+        if not planned:
+            raise
+        runs = []
+    for run in runs:
         objective = run.objective if run.objective is not None and math.isfinite(run.objective) else None
         saved = pruning_savings(run.path, run.status_data)
         rows.append(
@@ -63,6 +88,13 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
                 "saved_gpu_h": saved.get("saved_gpu_h"),
             }
         )
+    seen = {row["job"] for row in rows}
+    for number, overrides in enumerate(planned or []):
+        if str(number) not in seen:
+            rows.append({"job": str(number), "overrides": " ".join(overrides), "status": "not started",
+                         "reason": None, "objective_key": None, "objective": None, "pruned_step": None,
+                         "saved_gpu_h": None})  # fmt: skip
+    rows.sort(key=lambda r: (0, int(r["job"]), "") if r["job"].isdigit() else (1, 0, r["job"]))
     write_json_atomic(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})
     tmp = sweep_dir / ".sweep_summary.csv.tmp"
     with tmp.open("w", newline="") as f:
@@ -81,12 +113,23 @@ class SweepSummary(Callback):
         if not sweep_dir.exists():  # refused before any job started (e.g. DistinctArms): nothing to summarise
             return
         try:
-            rows = summarize_sweep(sweep_dir)
+            planned = planned_jobs(config)
+        except Exception as err:  # an override this Hydra cannot expand: summarise the run dirs only
+            log.warning("cannot list the sweep's jobs (%s): summarising its run dirs only", err)
+            planned = None
+        try:
+            rows = summarize_sweep(sweep_dir, planned)
         except FileNotFoundError as err:
             log.warning("no sweep summary: %s", err)
             return
         done = sum(r["status"] == "completed" for r in rows)
         pruned = [r for r in rows if r["status"] == "pruned"]
+        stopped = sum(r["status"] == "stopped" for r in rows)
+        not_started = sum(r["status"] == "not started" for r in rows)
         saved = sum(r["saved_gpu_h"] or 0 for r in pruned)
-        log.info("sweep summary: %d/%d arms completed, %d pruned (~%.3g device-h saved) -> %s", done, len(rows),
-                 len(pruned), saved, sweep_dir / "sweep_summary.csv")  # fmt: skip
+        unfinished = f", {stopped} stopped, {not_started} not started" if stopped or not_started else ""
+        log.info("sweep summary: %d/%d arms completed%s, %d pruned (~%.3g device-h saved) -> %s", done, len(rows),
+                 unfinished, len(pruned), saved, sweep_dir / "sweep_summary.csv")  # fmt: skip
+        if stopped or not_started:
+            log.warning("re-run the same command with hydra.sweep.dir=%s to resume the stopped arms and run the ones "
+                        "not started", sweep_dir)  # fmt: skip

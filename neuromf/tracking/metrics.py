@@ -10,7 +10,7 @@ its Hydra files; nothing built from these records (report, dashboards, sweep sum
 
 from __future__ import annotations
 
-import json
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,16 +90,34 @@ def _read_yaml_list(path: Path) -> list[str]:
     return [redact(str(x)) for x in data]
 
 
-def read_metrics_csv(path: Path) -> pd.DataFrame:
-    """Load a CSVLogger metrics.csv; empty cells become NaN. ValueError naming the file if unreadable."""
+def read_metrics_csv(path: Path, notes: list[str] | None = None) -> pd.DataFrame:
+    """Load a CSVLogger metrics.csv; empty cells become NaN. ValueError naming the file if unreadable.
+
+    A last row without its line end was cut off (a kill or a full disk mid-write; the logger writes whole lines):
+    it is left out, and a note naming the file and what could be read is appended to `notes`."""
     try:
-        df = pd.read_csv(path)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read metrics.csv ({exc})") from exc
+    torn = b""
+    if data and not data.endswith(b"\n"):
+        end = data.rfind(b"\n") + 1
+        data, torn = data[:end], data[end:]
+    try:
+        df = pd.read_csv(io.BytesIO(data))
     except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+        df = pd.DataFrame()
     except Exception as exc:  # pandas raises several parser error types
         raise ValueError(f"{path}: cannot parse metrics.csv ({exc})") from exc
     for col in df.columns:
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    if torn and notes is not None:
+        steps = df["step"].dropna() if "step" in df.columns else pd.Series(dtype=float)
+        upto = f", up to step {int(steps.max())}" if len(steps) else ""
+        notes.append(
+            f"{path}: last row cut off ({len(torn)} bytes without a line end: a kill or a full disk mid-write); "
+            f"read {len(df)} complete rows{upto}, the cut row left out"
+        )
     return df
 
 
@@ -151,8 +169,12 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
     status_path = run_dir / "status.json"
     status: dict = {}
     if status_path.is_file():
+        from neuromf.tracking.run import DamagedStatusError, read_status
+
         try:
-            status = redact(json.loads(status_path.read_text()))
+            status = redact(read_status(run_dir))
+        except DamagedStatusError as exc:
+            notes.append(f"{exc}: the run's status is unknown")
         except ValueError as exc:  # not JSON, or not text at all
             notes.append(f"status.json unreadable ({exc})")
     if not overrides and status.get("overrides"):
@@ -163,14 +185,15 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
         seed = str(config["seed"])  # the composed value: also right when the sweep does not override it
 
     csv = run_dir / "metrics.csv"
-    df = read_metrics_csv(csv) if csv.is_file() else pd.DataFrame()
+    df = read_metrics_csv(csv, notes) if csv.is_file() else pd.DataFrame()
     final, best = summarize(df) if len(df) else ({}, {})
     state = status.get("status")
     if not csv.is_file():
         notes.append("no metrics.csv (crashed before the first logged step?)")
         state = state if state in ("failed", "diverged", "running") else "failed"
     elif state is None:
-        notes.append("no status.json")
+        if not status_path.is_file():
+            notes.append("no status.json")
         state = "unknown"
     if status.get("reason"):
         notes.append(str(status["reason"]))

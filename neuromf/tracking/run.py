@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,21 +18,70 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON to `path` via a temp file + os.replace, with URL passwords and secret-looking keys masked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(redact(payload), indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(redact(payload), indent=2, default=str))
+
+
+class DamagedStatusError(ValueError):
+    """status.json exists but is not a JSON object (a node crash can leave a zero-length file)."""
 
 
 def read_status(run_dir: Path) -> dict:
+    """<run_dir>/status.json as a dict ({} when absent); DamagedStatusError naming the file when unreadable."""
     path = Path(run_dir) / "status.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    text = path.read_text(errors="replace")
+    try:
+        status = json.loads(text)
+    except json.JSONDecodeError as err:
+        what = "empty (0 bytes)" if not text.strip() else f"not valid JSON ({err})"
+        raise DamagedStatusError(f"{path}: {what}") from err
+    if not isinstance(status, dict):
+        raise DamagedStatusError(f"{path}: not a JSON object")
+    return status
 
 
 def update_status(run_dir: Path, **fields: Any) -> dict:
-    """Merge `fields` into <run_dir>/status.json and return the new status."""
-    status = {**read_status(run_dir), **fields}
+    """Merge `fields` into <run_dir>/status.json and return the new status. A damaged status.json is replaced
+    (with a warning naming it): the checkpoint and metrics.csv, not status.json, hold the run's progress."""
+    try:
+        previous = read_status(run_dir)
+    except DamagedStatusError as err:
+        print(f"warning: {err}; writing a new one (the checkpoint and metrics.csv are kept)", file=sys.stderr)
+        previous = {"replaced_damaged_status": str(err)}
+    status = {**previous, **fields}
     write_json_atomic(Path(run_dir) / "status.json", status)
     return status
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file + os.replace (the temp file is removed when the write fails)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_hydra_record(run_dir: Path, task_cfg) -> None:
+    """<run_dir>/.hydra/{config,hydra,overrides}.yaml as Hydra writes them (conf/train.yaml sets
+    hydra.output_subdir: null so that Hydra does not: a re-run with another config must be refused before the
+    run dir's record of what its checkpoint was trained with is overwritten)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from neuromf.tracking.redact import redact_text
+
+    out = Path(run_dir) / ".hydra"
+    write_text_atomic(out / "config.yaml", redact_text(OmegaConf.to_yaml(task_cfg)))  # no password reaches a file
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        write_text_atomic(out / "hydra.yaml", redact_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg}))))
+        write_text_atomic(out / "overrides.yaml", redact_text(OmegaConf.to_yaml(hydra_cfg.overrides.task)))
 
 
 def stable_run_id(run_dir: Path) -> str:

@@ -4,6 +4,7 @@ grouped by sweep, tagged with the overridden keys."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -34,8 +35,8 @@ def override_tags(overrides: list[str]) -> list[str]:
 PROGRAM = "-m neuromf.train"
 
 
-def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
-    import wandb
+def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | None = None):
+    """Lightning's WandbLogger for the run (its W&B run starts on first use); `mode` overrides the configured one."""
     from pytorch_lightning.loggers import WandbLogger
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -51,11 +52,52 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
         job_type="train",
         tags=[t[:64] for t in tags],
         name=name,
-        mode=wandb_mode(cfg.logger.wandb.mode),
-        settings=wandb.Settings(program=PROGRAM),
+        mode=mode or wandb_mode(cfg.logger.wandb.mode),
+        settings=_settings(cfg),
     )
     with redacted_argv():  # W&B records sys.argv in the run's metadata when the run starts
         logger.experiment  # noqa: B018
+    return logger
+
+
+def _settings(cfg: DictConfig):
+    import wandb
+
+    return wandb.Settings(init_timeout=float(cfg.logger.wandb.get("init_timeout") or 90), program=PROGRAM)
+
+
+class WandbUnavailable(RuntimeError):
+    """W&B could not start an online run (no network, no API key) and the offline fallback is off."""
+
+
+def start_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
+    """The run's WandbLogger with its W&B run started (wandb.init), waiting at most logger.wandb.init_timeout
+    seconds for the server. When an online run cannot start (no network on a compute node, no API key):
+    with logger.wandb.offline_fallback (default) the run logs offline, with one warning saying how to sync it
+    later; without, WandbUnavailable saying what to set."""
+    logger = make_wandb_logger(cfg, run_dir, run_id)
+    if logger._wandb_init.get("mode") != "online":
+        logger.experiment  # noqa: B018  (starts the run)
+        return logger
+    try:
+        logger.experiment  # noqa: B018
+        return logger
+    except Exception as err:  # wandb.errors: CommError (no network), UsageError (no key), AuthenticationError
+        why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    timeout = cfg.logger.wandb.get("init_timeout")
+    if not cfg.logger.wandb.get("offline_fallback", True):
+        raise WandbUnavailable(
+            f"W&B could not start an online run within {timeout} s ({why}); set WANDB_MODE=offline (or "
+            "logger.wandb.mode=offline, or logger=csv), or check WANDB_API_KEY and the network"
+        )
+    logger = make_wandb_logger(cfg, run_dir, run_id, mode="offline")
+    logger.experiment  # noqa: B018
+    print(
+        f"warning: W&B could not start an online run within {timeout} s ({why}); logging offline to "
+        f"{run_dir}/wandb: upload it later with `wandb sync {run_dir}/wandb/offline-run-*` "
+        "(logger.wandb.offline_fallback=false makes this an error)",
+        file=sys.stderr,
+    )
     return logger
 
 

@@ -31,6 +31,9 @@ WEIGHT_KEYS = ("state_dict", "current_model_state", "optimizer_states")  # state
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (permissions, disk full, ...): the message names the file."""
 
+    def __str__(self) -> str:
+        return str(self.strerror if self.strerror is not None else self.args[-1])  # without "[Errno N]"
+
 
 class CheckpointReadError(Exception):
     """A checkpoint cannot be resumed from (truncated, not a Lightning checkpoint, non-finite weights)."""
@@ -59,13 +62,39 @@ def nonfinite_tensors(checkpoint: dict, keys=WEIGHT_KEYS, limit: int = 5) -> lis
     return bad
 
 
+class _WriteErrorKeeper:
+    """A file object that keeps the OSError of a failed write: torch.save reports it as a RuntimeError of its zip
+    writer ('enforce fail at inline_container.cc ... unexpected pos') that no longer says the disk is full."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 def _save_local(checkpoint: dict, path: Path) -> None:
-    """torch.save to a local file, fsynced. (Lightning's _atomic_save swallows a PermissionError.)"""
+    """torch.save to a local file, fsynced. (Lightning's _atomic_save swallows a PermissionError.) A failed write
+    raises its OSError (errno, strerror, path)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(path, "wb") as raw:
+        f = _WriteErrorKeeper(raw)
+        try:
+            torch.save(checkpoint, f)
+        except RuntimeError as err:
+            if f.error is None:
+                raise
+            raise OSError(f.error.errno, f.error.strerror, str(path)) from err
+        raw.flush()
+        os.fsync(raw.fileno())
 
 
 def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
@@ -148,7 +177,8 @@ def validate_checkpoint(path: str | os.PathLike) -> dict:
     bad = nonfinite_tensors(ckpt)
     if bad:
         raise CheckpointReadError(f"{path}: holds non-finite values ({', '.join(bad)})")
-    return {"path": str(path), "global_step": int(ckpt["global_step"]), "epoch": int(ckpt.get("epoch", -1))}
+    info = {"path": str(path), "global_step": int(ckpt["global_step"]), "epoch": int(ckpt.get("epoch", -1))}
+    return {**info, "run_record": ckpt.get("neuromf_run")}  # the config + data store it was trained with
 
 
 def find_resume_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[dict | None, list[str]]:
