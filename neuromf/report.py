@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fnmatch
 import html
 import json
 import math
@@ -41,8 +42,7 @@ from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 LOSS_TERMS = [("final", "train/loss_u"), ("final", "train/loss_v"), ("best", "val/loss_u"), ("best", "val/loss_v")]
 SUM_KEYS = ("train/loss_raw", "val/loss_raw")
 REPLICATE_KEYS = ("seed",)  # config keys that vary between the seeds of one arm by design
-BOOTSTRAP_RESAMPLES = 9999
-BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95  # of every interval in the report (Student t: valid at the 3 seeds an arm usually has)
 NO_STATS = "n = 1: no statistics"
 _EVAL_KEY = re.compile(r"^val/(?!loss)[^/]+(/nfe\d+)?$")
 
@@ -62,18 +62,68 @@ def sweep_labels(sweep_dirs: list[Path]) -> list[str]:
     return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in sweep_dirs]
 
 
+# resolved-config keys that do not make another arm: the replicate seed and where / how a run was launched, logged
+# or stored (fnmatch patterns); runs equal in every other key are one arm, whichever sweep dir they are in
+POOL_IGNORED = (
+    "seed",
+    "sweep_name",
+    "tag",
+    "hydra.*",
+    "optuna.*",
+    "resume.*",
+    "logger.*",
+    "ckpt_path",
+    "raise_on_failure",
+    "torch_threads",
+    "data.latent_dir",
+    "data.num_workers",
+    "data.cache_in_memory",
+    "eval.cache_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "callbacks.diagnostics.*",
+    "callbacks.samples.*",
+    "callbacks.checkpoint.every_n_train_steps",
+)
+
+
+def pool_ignored(key: str) -> bool:
+    """True for a config key that does not tell arms apart (POOL_IGNORED)."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in POOL_IGNORED)
+
+
+def arm_identity(record: RunRecord) -> str:
+    """What makes a run's arm: its resolved config minus POOL_IGNORED keys; the overrides minus seed for a run
+    whose config holds nothing else (an old or a hand-written run dir)."""
+    flat = {k: v for k, v in flat_config(record.config or {}).items() if not pool_ignored(k)}
+    if flat:
+        return json.dumps(["config", flat], sort_keys=True, default=str)
+    return json.dumps(["overrides", {k: v for k, v in record.arm.items() if not pool_ignored(k)}], sort_keys=True)
+
+
 def assign_arms(records: list[RunRecord], sweeps: list[str] | None = None) -> list[str]:
-    """Arm label per run: the overrides (minus seed) that vary across runs, prefixed by sweep when several."""
-    keys = sorted({k for r in records for k in r.arm})
-    varying = [k for k in keys if len({r.arm.get(k) for r in records}) > 1]
-    labels = []
-    for i, r in enumerate(records):
+    """Arm label per run. Runs with the same arm_identity are one arm, pooled across sweep dirs; the label is the
+    overrides (minus seed) that vary across the arms, prefixed by the sweep(s) when two arms would read the same."""
+    sweeps = sweeps if sweeps is not None else [""] * len(records)
+    ids = [arm_identity(r) for r in records]
+    first = {i: records[ids.index(i)] for i in dict.fromkeys(ids)}
+    keys = sorted({k for r in first.values() for k in r.arm})
+    varying = [k for k in keys if len({r.arm.get(k) for r in first.values()}) > 1]
+    label = {}
+    for i, r in first.items():
         shown = varying or list(r.arm)
-        label = ", ".join(f"{k}={r.arm.get(k, '-')}" for k in shown) or "(defaults)"
-        if sweeps is not None and len(set(sweeps)) > 1:
-            label = f"{sweeps[i]}: {label}"
-        labels.append(label)
-    return labels
+        label[i] = ", ".join(f"{k}={r.arm.get(k, '-')}" for k in shown) or "(defaults)"
+    for i in first:
+        if sum(v == label[i] for v in label.values()) > 1:  # same overrides, other configs: say where they ran
+            where = "+".join(dict.fromkeys(s for s, j in zip(sweeps, ids, strict=True) if j == i))
+            label[i] = f"{where}: {label[i]}" if where else label[i]
+    seen: dict[str, int] = {}
+    for i in first:
+        seen[label[i]] = seen.get(label[i], 0) + 1
+        if seen[label[i]] > 1:
+            label[i] = f"{label[i]} (config {seen[label[i]]})"
+    return [label[i] for i in ids]
 
 
 def _sort_key(key: str):
@@ -121,22 +171,16 @@ def config_diff(configs: list[dict], arms: list[str]) -> tuple[pd.DataFrame, dic
 
 
 # ------------------------------------------------------------------------------------------- stats
-def bootstrap_ci(values, confidence: float = 0.95, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (scipy.stats.bootstrap, seeded); NaNs for n < 2."""
+def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Student t-interval of the mean, mean ± t_{(1+c)/2, n-1} s / sqrt(n) (scipy.stats.t): exact for normal values
+    at any n >= 2, where a bootstrap of 3 values is at most their range. NaNs for n < 2; (x, x) for equal values."""
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return math.nan, math.nan
     if np.ptp(x) == 0:
         return float(x[0]), float(x[0])
-    res = stats.bootstrap(
-        (x,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=BOOTSTRAP_RESAMPLES,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    return float(lo), float(hi)
 
 
 def holm(pvalues) -> np.ndarray:
@@ -162,7 +206,7 @@ def compare(arm: dict, best: dict) -> dict:
         if np.ptp(x - y) == 0:
             return out | {"test": f"paired ({len(shared)} seeds): constant difference", "diff": float((x - y)[0])}
         res = stats.ttest_rel(x, y)
-        ci = res.confidence_interval(0.95)
+        ci = res.confidence_interval(CONFIDENCE)  # the paired t-interval of the mean difference
         return out | {
             "test": f"paired t ({len(shared)} seeds)",
             "diff": float(np.mean(x - y)),
@@ -171,18 +215,19 @@ def compare(arm: dict, best: dict) -> dict:
         }
     if len(a) >= 2 and len(b) >= 2:
         res = stats.ttest_ind(a, b, equal_var=False)
-        ci = res.confidence_interval(0.95)
+        ci = res.confidence_interval(CONFIDENCE)  # Welch's t-interval of the difference of the means
         return out | {"test": "Welch t", "p": float(res.pvalue), "ci": (float(ci.low), float(ci.high))}
     return out | {"test": NO_STATS}
 
 
 # ------------------------------------------------------------------------------------------- tables
-def run_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
-    """One row per run: arm, seed, status, objective, loss terms, evaluation metrics, notes, path."""
+def run_table(records: list[RunRecord], arms: list[str], sweeps: list[str] | None = None) -> pd.DataFrame:
+    """One row per run: arm, sweep, seed, status, objective, loss terms, evaluation metrics, notes, path."""
     cols = metric_columns(records)
+    sweeps = sweeps if sweeps is not None else [""] * len(records)
     rows = []
-    for r, arm in zip(records, arms, strict=True):
-        row = {"arm": arm, "seed": r.seed, "status": r.status, "used": r.ok, "objective": r.objective}
+    for r, arm, sweep in zip(records, arms, sweeps, strict=True):
+        row = {"arm": arm, "sweep": sweep, "seed": r.seed, "status": r.status, "used": r.ok, "objective": r.objective}
         for agg, m in cols:
             row[f"{agg} {m}"] = getattr(r, agg).get(m, np.nan)
         row["notes"] = "; ".join(r.notes)
@@ -198,8 +243,8 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
-    """Per arm: n, mean / sample std (ddof=1) / seeded bootstrap 95% CI of the objective and of every metric
-    column, rank (1 = best mean objective), and the comparison with the best arm (seed-paired t-test where
+    """Per arm: n, mean / sample std (ddof=1) of the objective and of every metric column, the Student t 95% CI of
+    the objective's mean, rank (1 = best mean objective), and the comparison with the best arm (seed-paired t-test where
     the arms share seeds, else Welch; Holm-adjusted across arms)."""
     metric_cols = [c for c in runs.columns if c.startswith(("best ", "final "))]
     rows = []
@@ -207,6 +252,7 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
         used = g[g["used"]]
         row = {"arm": arm, "n": len(used), "n_runs": len(g), "n_excluded": int((~g["used"]).sum())}
         row["seeds"] = ", ".join(str(s) for s in used["seed"])
+        row["sweeps"] = ", ".join(str(s) for s in dict.fromkeys(g["sweep"])) if "sweep" in g else ""
         row["running"] = int((g["status"] == "running").sum())
         row["excluded"] = ", ".join(
             f"seed {s}: {st}" for s, st in zip(g.loc[~g["used"], "seed"], g.loc[~g["used"], "status"], strict=True)
@@ -215,7 +261,7 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
             vals = used[col].astype(float).dropna().to_numpy()
             row[f"{col} mean"], row[f"{col} std"] = _mean_std(vals)
             if col == "objective":
-                row["objective ci low"], row["objective ci high"] = bootstrap_ci(vals)
+                row["objective ci low"], row["objective ci high"] = t_interval(vals)
         rows.append(row)
     table = pd.DataFrame(rows)
     score = table["objective mean"] if mode == "min" else -table["objective mean"]
@@ -228,8 +274,10 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
     if len(table) and not math.isnan(table.loc[0, "objective mean"]):
 
         def by_seed(arm):
+            """{seed: objective}; keyed by run path when a seed repeats (pooled sweeps ran it twice): no pairing."""
             g = runs[(runs["arm"] == arm) & runs["used"]]
-            return dict(zip(g["seed"], g["objective"].astype(float), strict=True))
+            keys = g["seed"] if g["seed"].is_unique else g["path"]
+            return dict(zip(keys, g["objective"].astype(float), strict=True))
 
         best = by_seed(table.loc[0, "arm"])
         for i in range(1, len(table)):
@@ -242,6 +290,63 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
                 table.loc[i, ["p vs best", "ci low", "ci high"]] = [c["p"], *c["ci"]]
         table["p holm"] = holm(table["p vs best"].to_numpy())
     return table
+
+
+# ------------------------------------------------------------------------------ final evaluation
+FINAL_FILE = Path("eval") / "final.json"  # written by python -m neuromf.evaluate
+
+
+def read_final(record: RunRecord) -> dict | None:
+    """The run's final test-split evaluation (<run>/eval/final.json), None without one (or unreadable: skipped
+    with one line naming it)."""
+    path = record.path / FINAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+            raise ValueError("no 'metrics' object")
+        return data
+    except ValueError as err:  # not JSON, not text, or not the evaluation's file
+        warn_skipped(path, f"not the final evaluation's JSON ({type(err).__name__}: {err})")
+        return None
+
+
+def final_tables(
+    records: list[RunRecord], arms: list[str], metric: str, mode: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per arm, per run) tables of the final test-split evaluation, for the objective's metric at every evaluated
+    step count: per arm n, the selection (validation objective, best of the validation passes: it chose the
+    checkpoint) and the test value, mean ± std [Student t CI] over the arm's evaluated runs. Empty without
+    final.json files."""
+    base = metric_base(metric) or metric.split("/")[-1]
+    run_rows = []
+    for r, arm in zip(records, arms, strict=True):
+        final = read_final(r)
+        if final is None:
+            continue
+        row = {"arm": arm, "seed": r.seed, "selection": r.objective, "checkpoint": final.get("checkpoint", "")}
+        row["checkpoint step"] = final.get("checkpoint_step")
+        for key, value in sorted(final["metrics"].items(), key=lambda kv: _sort_key(kv[0])):
+            if key.startswith(f"test/{base}/nfe") and isinstance(value, int | float):
+                row[key] = float(value)
+        row["note"] = final.get("note") or ""
+        run_rows.append(row)
+    runs = pd.DataFrame(run_rows)
+    if runs.empty:
+        return runs, runs
+    test_cols = [c for c in runs.columns if c.startswith("test/")]
+    rows = []
+    for arm, g in runs.groupby("arm", sort=False):
+        row = {"arm": arm, "n": len(g), "seeds": ", ".join(str(s) for s in g["seed"])}
+        for col, name in [("selection", f"selection: val {metric} (best of the validation passes)")] + [
+            (c, f"{c} ({'↓' if mode == 'min' else '↑'})") for c in test_cols
+        ]:
+            vals = g[col].astype(float).dropna().to_numpy()
+            m, sd = _mean_std(vals)
+            row[name] = _cell(m, sd, *t_interval(vals), n=len(vals))
+        rows.append(row)
+    return pd.DataFrame(rows), runs
 
 
 # ------------------------------------------------------------------------------- reference levels
@@ -658,7 +763,7 @@ def _all_positive(ax) -> bool:
 
 
 def plot_objective_bars(arms_df: pd.DataFrame, runs: pd.DataFrame, key: str, path: Path, refs=None) -> bool:
-    """Bar per arm (mean objective, bootstrap 95% CI when n > 1) with the seeds as dots and the reference
+    """Bar per arm (mean objective, Student t 95% CI when n > 1) with the seeds as dots and the reference
     levels (real floor, noise ceiling) as vertical lines."""
     import matplotlib.pyplot as plt
 
@@ -682,7 +787,7 @@ def plot_objective_bars(arms_df: pd.DataFrame, runs: pd.DataFrame, key: str, pat
     ax.set_yticks(y, arms_df["arm"], fontsize=7)
     ax.invert_yaxis()
     many = int(arms_df["n"].max()) > 1
-    ax.set_xlabel(f"{key} (mean, bootstrap 95% CI; dots = seeds)" if many else f"{key} (n = 1 per arm: no CI)")
+    ax.set_xlabel(f"{key} (mean, t 95% CI; dots = seeds)" if many else f"{key} (n = 1 per arm: no CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -717,7 +822,7 @@ def _cell(mean: float, std: float, lo: float = math.nan, hi: float = math.nan, n
 
 
 def arm_summary(arms_df: pd.DataFrame) -> pd.DataFrame:
-    """Compact view: rank, arm, state, n, seeds, objective mean ± std [bootstrap CI], comparison with the best."""
+    """Compact view: rank, arm, state, n, seeds, objective mean ± std [t CI], comparison with the best."""
     out = pd.DataFrame(
         {
             "rank": arms_df["rank"].map(lambda r: "" if math.isnan(r) else int(r)),
@@ -730,6 +835,8 @@ def arm_summary(arms_df: pd.DataFrame) -> pd.DataFrame:
             "seeds": arms_df["seeds"],
         }
     )
+    if "sweeps" in arms_df and arms_df["sweeps"].str.contains(", ").any():  # pooled across sweep dirs
+        out["sweeps"] = arms_df["sweeps"]
     out["objective"] = [
         _cell(m, s, lo, hi, n)
         for m, s, lo, hi, n in zip(
@@ -894,7 +1001,7 @@ def build_report(
         records += recs
         sweeps += [label] * len(recs)
     arms = assign_arms(records, sweeps)
-    runs = run_table(records, arms)
+    runs = run_table(records, arms, sweeps)
     arms_df = arm_table(runs, mode)
     refs = reference_levels(records)
     obj_refs = refs.get(metric_base(metric) or "", {})
@@ -918,6 +1025,9 @@ def build_report(
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(page)
         arms_df.to_csv(tmp / "arms.csv", index=False)
+        final_df = final_tables(records, arms, metric, mode)[1]
+        if len(final_df):
+            final_df.to_csv(tmp / "final.csv", index=False)
         runs.to_csv(tmp / "runs.csv", index=False)
         diff.to_csv(tmp / "config_diff.csv")
         cost.to_csv(tmp / "cost.csv", index=False)
@@ -928,6 +1038,7 @@ def build_report(
             "reference": refs,
             "config_diff": json.loads(diff.to_json(orient="index")),
             "arms": json.loads(arms_df.to_json(orient="records")),
+            "final": json.loads(final_df.to_json(orient="records")) if len(final_df) else [],
             "optuna": [{k: o[k] for k in ("study", "storage", "states", "best")} for o in opt],
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -986,16 +1097,25 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
     n_max = int(arms_df["n"].max()) if len(arms_df) else 0
     intro = (
         f"Objective: `{metric}` ({'lower' if mode == 'min' else 'higher'} is better), best value over validation "
-        "epochs of each run. Statistics over completed runs with a finite objective: mean ± sample std (ddof=1) "
-        f"[percentile bootstrap 95% CI of the mean, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}]. "
-        "Each arm is compared with the best: seed-paired t-test when they share >= 2 seeds, else Welch's t-test "
-        "when both have n >= 2; p-values Holm-adjusted across the arms."
+        "epochs of each run (the selection: it chose each run's checkpoint). Statistics over completed runs with a "
+        f"finite objective: mean ± sample std (ddof=1) [Student t {CONFIDENCE:.0%} CI of the mean, n - 1 degrees of "
+        "freedom: valid at small n, 3 seeds included, for roughly normal values]. Each arm is compared with the "
+        "best: seed-paired t-test and paired t-interval of the difference when they share >= 2 seeds, else Welch's "
+        "t-test and interval when both have n >= 2; p-values Holm-adjusted across the arms."
     )
     if obj_refs:
         intro += " Reference levels of the objective's metric: " + ", ".join(
             f"{name} {obj_refs[level]:.4g}" for level, name in REFERENCE_NAMES.items() if level in obj_refs
         )
     blocks = [("p", intro)]
+    if len(sweep_dirs) > 1:
+        blocks.append(
+            (
+                "p",
+                f"Runs from the {len(sweep_dirs)} sweep dirs are pooled into one arm when their resolved configs are "
+                "equal apart from the seed and the launch, logging and path keys (" + ", ".join(POOL_IGNORED) + ").",
+            )
+        )
     if n_max <= 1:
         blocks.append(("p", f"⚠ {NO_STATS}: every arm has at most one completed run; add seeds for CIs and tests."))
     running = int((runs["status"] == "running").sum())
@@ -1005,12 +1125,13 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
         )
     blocks += [("h2", "Arms (ranked)"), ("table", arm_summary(arms_df), False)]
     blocks += untrained_warnings(arms_df, obj_refs, mode)
+    blocks += final_blocks(records, arms, metric, mode)
     blocks.append(("h2", "Configuration differences between arms"))
     labelled = {k for r in records for k in r.arm}
     if len(diff):
         blocks.append(("table", diff, True))
         shown = sorted(k for k in labelled if len({r.arm.get(k) for r in records}) > 1)
-        keys = [k for k in diff.index if k not in REPLICATE_KEYS]
+        keys = [k for k in diff.index if k not in REPLICATE_KEYS and not pool_ignored(k)]
         if len(keys) > max(1, len(shown)):
             blocks.append(
                 (
@@ -1047,6 +1168,34 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
     blocks.append(("table", evals, True) if len(evals) else ("p", "No evaluation metrics logged."))
     runs_view = runs.drop(columns=["path"]).assign(used=runs["used"].map({True: "yes", False: "excluded"}))
     blocks += [("h2", "Runs"), ("table", runs_view, False)]
+    return blocks
+
+
+def final_blocks(records, arms, metric, mode) -> list:
+    """The final table: each run's selected checkpoint scored on the test split (python -m neuromf.evaluate)."""
+    per_arm, per_run = final_tables(records, arms, metric, mode)
+    blocks = [("h2", "Final evaluation (test split)")]
+    if per_arm.empty:
+        return blocks + [
+            (
+                "p",
+                "No run has a final evaluation: the objective above is the selection (the best of several validation "
+                "passes on the same set), not an estimate of sample quality; `python -m neuromf.evaluate <sweep dir>` "
+                "scores each run's selected checkpoint on the test split.",
+            )
+        ]
+    text = (
+        "Each run's checkpoint selected by the validation objective (the selection column, which is optimistic: the "
+        "best of several passes on one set) scored once on the held-out test split with more samples, at every "
+        f"configured step count (mean ± std [Student t {CONFIDENCE:.0%} CI] over the arm's runs)."
+    )
+    missing = len(records) - len(per_run)
+    if missing:
+        text += f" {missing} run(s) have no final evaluation and are not in this table."
+    notes = sorted({n for n in per_run["note"] if n})
+    blocks += [("p", text), ("table", per_arm, False)]
+    blocks += [("p", f"Note: {n}") for n in notes]
+    blocks.append(("details", f"Final evaluation per run ({len(per_run)} runs)", per_run.set_index("arm")))
     return blocks
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from neuromf.report import bootstrap_ci, build_report, config_diff, holm, main
+from neuromf.report import build_report, config_diff, holm, main, t_interval
 from neuromf.tracking.metrics import load_run, load_sweep
 
 # arm -> seed -> best val/swd; final train/loss_raw is 10 * best (see make_run)
@@ -115,8 +115,9 @@ def test_report_stats_ranking_and_files(sweep, tmp_path):
     assert arms.loc[x, "ci low"] == pytest.approx(0.13 - half, rel=1e-6)
     assert arms.loc[x, "p holm"] == pytest.approx(arms.loc[x, "p vs best"])  # one comparison
     assert np.isnan(arms.loc[u, "p vs best"])
+    # t-interval of u's mean: 0.12 ± t(0.975, 2) * 0.02 / sqrt(3) = 0.12 ± 0.049683 (wider than the seeds' range)
     lo, hi = arms.loc[u, "objective ci low"], arms.loc[u, "objective ci high"]
-    assert 0.10 <= lo < 0.12 < hi <= 0.14
+    assert (lo, hi) == pytest.approx((0.12 - 0.049683, 0.12 + 0.049683), abs=1e-6)
 
     out = sweep / "report"
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
@@ -139,15 +140,19 @@ def test_report_never_overwrites(sweep, capsys):
     assert not [p for p in sweep.iterdir() if ".tmp-" in p.name]
 
 
-def test_report_across_sweeps(sweep, tmp_path):
+def test_report_across_sweeps_pools_the_same_arm(sweep, tmp_path):
+    """Two sweep dirs with the same arm (same overrides minus seed, configs holding only the seed): one arm."""
     other = tmp_path / "sweep2"
-    make_run(other / "0", "u", 0, 0.5)
-    make_run(other / "1", "u", 1, 0.7)
+    make_run(other / "0", "u", 5, 0.5)
+    make_run(other / "1", "u", 6, 0.7)
     res = build_report([sweep, other], out=tmp_path / "cmp")
     arms = res["arms"].set_index("arm")
-    assert arms.loc["sweep2: model.prediction_type=u", "objective mean"] == pytest.approx(0.6)
-    assert arms.loc["sweep: model.prediction_type=u", "n"] == 3
-    assert res["arms"]["arm"].iloc[-1] == "sweep2: model.prediction_type=u"
+    u = "model.prediction_type=u"
+    assert list(res["arms"]["arm"]) == ["model.prediction_type=x", u]  # pooled u: mean 0.32 > x's 0.25
+    assert arms.loc[u, "n"] == 5 and arms.loc[u, "seeds"] == "0, 1, 2, 5, 6"
+    assert arms.loc[u, "objective mean"] == pytest.approx((0.10 + 0.12 + 0.14 + 0.5 + 0.7) / 5)
+    assert arms.loc[u, "sweeps"] == "sweep, sweep2"
+    assert "sweep, sweep2" in (tmp_path / "cmp" / "report.md").read_text()
     assert (tmp_path / "cmp" / "report.html").is_file()
 
 
@@ -163,15 +168,16 @@ def test_bad_sweep_dir_errors(tmp_path, capsys):
     assert not (empty / "report").exists()
 
 
-def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
-    rng = np.random.default_rng(1)
-    small, large = rng.normal(5.0, 1.0, 5), rng.normal(5.0, 1.0, 200)
-    lo5, hi5 = bootstrap_ci(small)
-    lo200, hi200 = bootstrap_ci(large)
-    assert lo5 < small.mean() < hi5 and lo200 < large.mean() < hi200
-    assert hi200 - lo200 < hi5 - lo5
-    assert bootstrap_ci(small) == (lo5, hi5)  # seeded
-    assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
+def test_t_interval_known_answer_at_three_seeds():
+    # by hand: mean 4.966 / 3 = 1.655333; squared deviations 0.00426844, 0.00000011, 0.00431211 -> s^2 = 0.00429033,
+    # s = 0.0655006, s / sqrt(3) = 0.0378168; t(0.975, df 2) = 4.302653 (table) -> half-width 0.162713
+    lo, hi = t_interval([1.590, 1.655, 1.721])
+    assert lo == pytest.approx(1.655333 - 0.162713, abs=2e-6) and hi == pytest.approx(1.655333 + 0.162713, abs=2e-6)
+    assert hi - lo > 1.721 - 1.590  # wider than the range of the three values (what a bootstrap gives at n = 3)
+    # n = 2: t(0.975, 1) = 12.7062; mean 2, s = sqrt(2), s / sqrt(2) = 1
+    assert t_interval([1.0, 3.0]) == pytest.approx((2 - 12.7062, 2 + 12.7062), abs=1e-4)
+    assert t_interval([0.3, 0.3, 0.3]) == (0.3, 0.3)
+    assert all(math.isnan(v) for v in t_interval([1.0]))
 
 
 def test_holm_textbook_values():

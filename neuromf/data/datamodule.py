@@ -378,6 +378,13 @@ class LatentDataModule(pl.LightningDataModule):
             return torch.empty((0, *self.latent_shape))
         return torch.stack([self._load(s) for s in self.splits["val"]])
 
+    def test_latents(self) -> torch.Tensor:
+        """All test latents (N, C, D, H, W), normalised: the final evaluation's reference set (neuromf.evaluate)."""
+        self.setup()
+        if not self.splits["test"]:
+            return torch.empty((0, *self.latent_shape))
+        return torch.stack([self._load(s) for s in self.splits["test"]])
+
     def train_latents(self, limit: int | None = None, seed: int = 0) -> torch.Tensor:
         """``limit`` (None: all) training latents (N, C, D, H, W), normalised, not augmented: a seeded random
         subset when ``limit`` is smaller than the split. (The split is sorted by subject name, so its first N are
