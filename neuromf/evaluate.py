@@ -72,7 +72,7 @@ def selected_checkpoint(run_dir: Path) -> tuple[Path, int | None, str | None]:
     return last, None, f"{why}: evaluated last.ckpt, not the checkpoint the objective selected"
 
 
-def test_subjects(run_dir: Path) -> list[str]:
+def read_test_split(run_dir: Path) -> list[str]:
     """The run's test subjects from <run>/split.json; EvaluationInputError naming the file when there are < 2."""
     path = run_dir / "split.json"
     if not path.is_file():
@@ -85,7 +85,7 @@ def test_subjects(run_dir: Path) -> list[str]:
     return [str(s) for s in test]
 
 
-class TestSplitData:
+class HeldOutTestData:
     """A LatentDataModule seen by the EvaluationCallback with the TEST split as its reference set: val_latents()
     returns the test latents (N, C, D, H, W); everything else (decode, train_latents, ...) is the datamodule's."""
 
@@ -136,7 +136,7 @@ def prepare(run_dir: Path) -> dict:
     cfg = read_config(run_dir)
     if not cfg.get("data") or not cfg.get("model"):
         raise EvaluationInputError(f"{run_dir / '.hydra' / 'config.yaml'}: no composed training config (data, model)")
-    subjects = test_subjects(run_dir)
+    subjects = read_test_split(run_dir)
     ckpt, step, note = selected_checkpoint(run_dir)
     ev, ev_note = eval_settings(cfg)
     notes = [n for n in (note, ev_note) if n]
@@ -177,7 +177,7 @@ def evaluate_run(
         raise EvaluationInputError(f"{run_dir / 'split.json'}: the datamodule's test split differs from the file")
     callback = EvaluationCallback(output_dir=str(run_dir / "eval"), **ev)
     module = CheckpointSampler(net, torch.device(device))
-    trainer = SimpleNamespace(datamodule=TestSplitData(dm), callbacks=[])
+    trainer = SimpleNamespace(datamodule=HeldOutTestData(dm), callbacks=[])
     callback.setup(trainer, module, "fit")  # builds the feature extractors (deepbet, FID) as in training
     t0 = time.perf_counter()
     values = callback.evaluate(trainer, module, epoch=0)
