@@ -355,7 +355,7 @@ def ablation_report(
             wr.P(
                 text=f"Arms: {', '.join(arm_keys) or '(none)'}. Objective: {objective}, per run its best value over "
                 f"validations (W&B summary {best}, as the offline report ranks). Offline statistics "
-                "(bootstrap CIs, paired tests, Holm): python -m neuromf.report <sweep_dir>."
+                "(Student t CIs, paired tests, Holm): python -m neuromf.report <sweep_dir>."
             ),
             wr.PanelGrid(runsets=[runset], panels=panels + lines),
             wr.H2(text="Samples"),
