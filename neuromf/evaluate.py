@@ -154,6 +154,7 @@ def evaluate_run(
     """Score the run's selected checkpoint on its test split; writes and returns <run>/eval/final.json's content."""
     from omegaconf import OmegaConf
 
+    from neuromf.data.io import DataError
     from neuromf.evaluation.callback import EvaluationCallback
     from neuromf.sample import CheckpointError, load_network
     from neuromf.train import build_datamodule
@@ -170,9 +171,12 @@ def evaluate_run(
         net, _ = load_network(p["checkpoint"], use_ema=use_ema is not False, device=device)
     except CheckpointError as err:
         raise EvaluationInputError(str(err)) from err
-    dm = build_datamodule(OmegaConf.create(cfg), run_dir)  # run_dir: the split is read from its split.json
-    dm.prepare_data()
-    dm.setup("test")
+    try:
+        dm = build_datamodule(OmegaConf.create(cfg), run_dir)  # run_dir: the split is read from its split.json
+        dm.prepare_data()
+        dm.setup("test")
+    except DataError as err:  # e.g. test subjects of split.json missing from the latent store
+        raise EvaluationInputError(f"{run_dir / 'split.json'}: {err}") from err
     if list(dm.splits["test"]) != p["subjects"]:
         raise EvaluationInputError(f"{run_dir / 'split.json'}: the datamodule's test split differs from the file")
     callback = EvaluationCallback(output_dir=str(run_dir / "eval"), **ev)

@@ -166,3 +166,19 @@ def test_end_to_end_the_selected_checkpoint_on_the_test_split(trained_sweep, cap
     table = md.split("## Final evaluation (test split)")[1].split("\n## ")[0]
     assert "selection: val val/swd/nfe1" in table and "test/swd/nfe1" in table
     assert f"{final['metrics']['test/swd/nfe1']:.4g} (n = 1: no statistics)" in table
+
+
+@pytest.mark.slow
+def test_test_subjects_missing_from_the_store_are_one_line_exit_2(trained_sweep, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_sweep / "0", run)
+    split = json.loads((run / "split.json").read_text())
+    split["test"] = ["no_such_subject_a", "no_such_subject_b"]
+    (run / "split.json").write_text(json.dumps(split))
+    before = sorted(p.name for p in (run / "eval").iterdir())
+    assert main([str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(run / "split.json") in err[0]
+    assert sorted(p.name for p in (run / "eval").iterdir()) == before  # nothing written
