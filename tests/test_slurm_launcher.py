@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import neuromf.sweep  # noqa: F401  (registers the `local` launcher's schema, as neuromf.train does)
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 APP = REPO / "tests" / "slurm_app" / "app.py"
@@ -90,8 +92,9 @@ def test_slurm_a100_config_follows_trainer_devices():
 
 def test_local_launcher_config():
     launcher = _compose_launcher(["hydra/launcher=local"])
-    assert launcher._target_.endswith("submitit_launcher.LocalLauncher")
+    assert launcher._target_ == "neuromf.sweep.local_launcher.ParallelLocalLauncher"
     assert launcher.tasks_per_node == 1
+    assert launcher.timeout_min is None  # no time limit unless one is set
     assert launcher.submitit_folder.endswith("/.submitit/%j")
 
 

@@ -1,4 +1,6 @@
-"""Sweep plumbing for Hydra: a resumable Optuna sweeper and the end-of-sweep summary callback."""
+"""Sweep plumbing for Hydra: a resumable Optuna sweeper, a local launcher with a parallelism limit and the
+end-of-sweep summary callback."""
 
-# registers ResumableOptunaSweeper with Hydra's plugin registry
+# register ResumableOptunaSweeper and ParallelLocalLauncher (and their schemas) with Hydra
+from neuromf.sweep import local_launcher as _local_launcher  # noqa: F401
 from neuromf.sweep import optuna as _optuna  # noqa: F401

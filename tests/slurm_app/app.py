@@ -15,6 +15,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import neuromf.sweep  # noqa: F401  (registers the `local` launcher, ParallelLocalLauncher, with Hydra)
+
 
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
@@ -33,6 +35,8 @@ def main(cfg: DictConfig) -> float:
             "SLURM_JOB_PARTITION",
             "SLURM_RESTART_COUNT",
             "SLURM_NTASKS",
+            "CUDA_VISIBLE_DEVICES",
+            "NEUROMF_LOCAL_SLOT",
         )
     }
     start = {"time": time.time(), **env}
