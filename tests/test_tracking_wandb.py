@@ -154,6 +154,7 @@ def test_an_unreachable_wandb_server_falls_back_to_offline_with_one_warning(tmp_
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     env.pop("WANDB_MODE", None)
+    env.pop("WANDB_SERVICE", None)  # an earlier in-process test's W&B service: this run starts its own
     cmd = [sys.executable, "-m", "neuromf.train", *TINY, *SMALL, "logger=wandb", "logger.wandb.init_timeout=5",
            "trainer.max_epochs=1", f"hydra.run.dir={run}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -36,7 +36,7 @@ PROGRAM = "-m neuromf.train"
 
 
 def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | None = None):
-    """Lightning's WandbLogger for the run (its W&B run starts on first use); `mode` overrides the configured one."""
+    """Lightning's WandbLogger for the run, its W&B run started (argv redacted); `mode` overrides the configured one."""
     from pytorch_lightning.loggers import WandbLogger
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -75,13 +75,11 @@ def start_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
     seconds for the server. When an online run cannot start (no network on a compute node, no API key):
     with logger.wandb.offline_fallback (default) the run logs offline, with one warning saying how to sync it
     later; without, WandbUnavailable saying what to set."""
-    logger = make_wandb_logger(cfg, run_dir, run_id)
-    if logger._wandb_init.get("mode") != "online":
-        logger.experiment  # noqa: B018  (starts the run)
-        return logger
-    try:
-        logger.experiment  # noqa: B018
-        return logger
+    mode = wandb_mode(cfg.logger.wandb.mode)
+    if mode != "online":
+        return make_wandb_logger(cfg, run_dir, run_id, mode=mode)
+    try:  # make_wandb_logger starts the run (wandb.init), where an unreachable server or a missing key raises
+        return make_wandb_logger(cfg, run_dir, run_id, mode=mode)
     except Exception as err:  # wandb.errors: CommError (no network), UsageError (no key), AuthenticationError
         why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
     timeout = cfg.logger.wandb.get("init_timeout")
@@ -90,8 +88,10 @@ def start_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str):
             f"W&B could not start an online run within {timeout} s ({why}); set WANDB_MODE=offline (or "
             "logger.wandb.mode=offline, or logger=csv), or check WANDB_API_KEY and the network"
         )
+    import wandb
+
+    wandb.teardown()  # the failed online start keeps the run id in use in W&B's service; the offline run reuses it
     logger = make_wandb_logger(cfg, run_dir, run_id, mode="offline")
-    logger.experiment  # noqa: B018
     print(
         f"warning: W&B could not start an online run within {timeout} s ({why}); logging offline to "
         f"{run_dir}/wandb: upload it later with `wandb sync {run_dir}/wandb/offline-run-*` "
