@@ -29,6 +29,7 @@ import wandb_workspaces.workspaces as ws
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from neuromf.io_atomic import write_text_atomic
 from neuromf.tracking.keys import LEGACY, STEP_KEY, all_expected, metric_base, metric_direction, summary_name
 from neuromf.tracking.run import flat_config
 
@@ -393,10 +394,7 @@ def build(entity: str, project: str, group: str | None, out: Path, plan: dict | 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in texts.items():
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-        paths.append(out / name)
+        paths.append(write_text_atomic(out / name, text))
     return paths
 
 

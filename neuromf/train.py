@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuromf.config_schema import check_config
+from neuromf.data.datamodule import datamodule_from_config
 from neuromf.data.encoders import EncoderError
 from neuromf.data.io import DataError
 from neuromf.instantiate import build
@@ -55,11 +56,6 @@ from neuromf.training.resume_guard import RunRecordInCheckpoint, config_changes,
 log = logging.getLogger("neuromf.train")
 install_log_redaction()  # every log line of a run or a sweep's launcher: URL passwords and secrets masked
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def datamodule_from_config(data: dict, **kwargs):
-    """The LatentDataModule of a `data` config (its `mask_ratio` belongs to the objective, not the datamodule)."""
-    return build({k: v for k, v in data.items() if k != "mask_ratio"}, **kwargs)
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Path):

@@ -18,6 +18,7 @@ from neuromf.data.augmentation import build_augmentation, validate_config
 from neuromf.data.io import DataError
 from neuromf.data.split import SPLIT_NAMES, load_split, resolve_ratios, save_split, stratified_split
 from neuromf.data.store import LatentStore, parse_shape
+from neuromf.instantiate import build
 
 log = logging.getLogger(__name__)
 MAX_BAD_FILES_LISTED = 10
@@ -423,3 +424,9 @@ class LatentDataModule(pl.LightningDataModule):
         self.setup()
         z = self.denormalize(z.detach().float().cpu())
         return save_decoded(z, self.encoder("cpu"), self.reference_affine(), out_stem, title=Path(out_stem).name)
+
+
+def datamodule_from_config(data: dict, **kwargs) -> pl.LightningDataModule:
+    """The datamodule of a `data` config (its `_target_` and keys; `mask_ratio` belongs to the objective, not the
+    datamodule); `kwargs` are passed on (run_dir, expected_channels)."""
+    return build({k: v for k, v in data.items() if k != "mask_ratio"}, **kwargs)

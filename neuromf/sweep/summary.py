@@ -4,6 +4,7 @@ multirun."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -12,9 +13,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from neuromf.io_atomic import write_text_atomic
 from neuromf.tracking.metrics import load_sweep, read_config
 from neuromf.tracking.redact import redact
-from neuromf.tracking.run import read_status, write_json_atomic
+from neuromf.tracking.run import read_status, write_redacted_json
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +97,12 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
                          "reason": None, "objective_key": None, "objective": None, "pruned_step": None,
                          "saved_gpu_h": None})  # fmt: skip
     rows.sort(key=lambda r: (0, int(r["job"]), "") if r["job"].isdigit() else (1, 0, r["job"]))
-    write_json_atomic(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})
-    tmp = sweep_dir / ".sweep_summary.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["job"])
-        writer.writeheader()
-        writer.writerows(redact(rows))
-    tmp.replace(sweep_dir / "sweep_summary.csv")
+    write_redacted_json(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["job"])
+    writer.writeheader()
+    writer.writerows(redact(rows))
+    write_text_atomic(sweep_dir / "sweep_summary.csv", buf.getvalue(), newline="")
     return rows
 
 

@@ -5,20 +5,18 @@ Everything written here passes through neuromf/tracking/redact.py (URL passwords
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+from neuromf.io_atomic import write_json_atomic, write_text_atomic
 from neuromf.tracking.redact import is_secret_key, redact, redact_text
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to `path` via a temp file + os.replace, with URL passwords and secret-looking keys masked."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(redact(payload), indent=2, default=str))
+def write_redacted_json(path: Path, payload: dict) -> None:
+    """Write JSON to `path` atomically, with URL passwords and secret-looking keys masked."""
+    write_json_atomic(path, redact(payload))
 
 
 class DamagedStatusError(ValueError):
@@ -50,21 +48,8 @@ def update_status(run_dir: Path, **fields: Any) -> dict:
         print(f"warning: {err}; writing a new one (the checkpoint and metrics.csv are kept)", file=sys.stderr)
         previous = {"replaced_damaged_status": str(err)}
     status = {**previous, **fields}
-    write_json_atomic(Path(run_dir) / "status.json", status)
+    write_redacted_json(Path(run_dir) / "status.json", status)
     return status
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file + os.replace (the temp file is removed when the write fails)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_hydra_record(run_dir: Path, task_cfg) -> None:
@@ -73,8 +58,6 @@ def save_hydra_record(run_dir: Path, task_cfg) -> None:
     run dir's record of what its checkpoint was trained with is overwritten)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
-
-    from neuromf.tracking.redact import redact_text
 
     out = Path(run_dir) / ".hydra"
     write_text_atomic(out / "config.yaml", redact_text(OmegaConf.to_yaml(task_cfg)))  # no password reaches a file

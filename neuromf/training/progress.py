@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from neuromf.tracking.run import write_json_atomic
+from neuromf.tracking.run import write_redacted_json
 
 
 class ProgressFile(pl.Callback):
@@ -36,7 +36,7 @@ class ProgressFile(pl.Callback):
         done = step - self._step0
         eta = elapsed / done * (total - step) if total and done > 0 else None
         raw = pl_module.last_diagnostics.get("loss_u", pl_module.last_diagnostics.get("loss_raw"))
-        write_json_atomic(
+        write_redacted_json(
             self.path,
             {
                 "state": state,
