@@ -136,8 +136,7 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> dict | None:
     unreadable, the newest readable of last.prev.ckpt / best-*.ckpt, with a warning (and 'resumed_from' in
     status.json); an error when none is readable. 'last' -> as null, but a checkpoint must exist. A path -> that
     checkpoint, no fallback."""
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+    ckpt_dir, last = RunDir(run_dir).checkpoints, RunDir(run_dir).last_checkpoint
     if cfg.ckpt_path not in (None, "last"):
         if not Path(cfg.ckpt_path).exists():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
@@ -230,11 +229,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     except RunLockedError as err:
         raise RunInUseError(str(err)) from err
     except OSError as err:
-        raise InputError(write_error_message(err, run_dir / ".lock") or f"{run_dir}/.lock: {err}") from err
+        raise InputError(write_error_message(err, RunDir(run_dir).lock) or f"{run_dir}/.lock: {err}") from err
     try:
         if lock is not None and lock.stale_holder:
             print(f"notice: took over the stale lock of {lock.stale_holder} (no longer running)", file=sys.stderr)
-        fresh = not (run_dir / ".hydra" / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+        fresh = not RunDir(run_dir).config.exists() and not RunDir(run_dir).checkpoints.exists()
         if lock is not None and fresh:  # a new run dir records its config first (a failed arm has one too)
             save_hydra_record(run_dir, cfg)
         return _train(cfg, run_dir)

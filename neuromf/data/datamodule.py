@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from monai.utils import unsqueeze_right
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from neuromf.data.augmentation import build_augmentation, validate_config
@@ -123,7 +124,7 @@ class _NormalisedLoader:
         cache: dict[str, torch.Tensor],
     ):
         self.root, self.files, self.shape = Path(root), files, tuple(shape)
-        self.mean, self.std = mean.view(-1, 1, 1, 1), std.view(-1, 1, 1, 1)
+        self.mean, self.std = unsqueeze_right(mean, 4), unsqueeze_right(std, 4)  # (C,) -> (C, 1, 1, 1)
         self.normalize, self.scale, self.cache = normalize, scale, cache
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
@@ -323,13 +324,6 @@ class LatentDataModule(pl.LightningDataModule):
         return split
 
     # ------------------------------------------------------------------ loading
-    def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """Encoder space -> model space; z (C,D,H,W) or (B,C,D,H,W)."""
-        if not self.normalize:
-            return z * self.scale_factor
-        shape = (-1, 1, 1, 1)
-        return (z - self.channel_mean.to(z).view(shape)) / self.channel_std.to(z).view(shape)
-
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         """Model space -> encoder space; z (C,D,H,W) or (B,C,D,H,W)."""
         if not self.normalize:

@@ -14,9 +14,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from neuromf.io_atomic import write_text_atomic
-from neuromf.tracking.metrics import load_sweep, read_config
+from neuromf.tracking.metrics import device_count, load_sweep, read_config
 from neuromf.tracking.redact import redact
 from neuromf.tracking.run import read_status, write_redacted_json
+from neuromf.tracking.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
     step = status.get("pruned_step", status.get("global_step"))
     out = {"pruned_step": step, "total_steps": None, "saved_gpu_h": None}
     try:
-        progress = json.loads((Path(run_dir) / "progress.json").read_text())
+        progress = json.loads(RunDir(run_dir).progress.read_text())
     except (OSError, ValueError):
         return out
     total, elapsed, last = progress.get("total_steps"), progress.get("elapsed_s"), progress.get("step")
@@ -38,10 +39,7 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
     out["total_steps"] = total
     if total and elapsed and done > 0 and step is not None:
         trainer = (read_config(Path(run_dir)) or {}).get("trainer") or {}
-        devices = trainer.get("devices", 1)
-        devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
-        nodes = trainer.get("num_nodes", 1) if isinstance(trainer.get("num_nodes", 1), int) else 1
-        out["saved_gpu_h"] = elapsed / done * max(0, total - step) * devices * nodes / 3600
+        out["saved_gpu_h"] = elapsed / done * max(0, total - step) * device_count(trainer) / 3600
     return out
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 
 from neuromf.tracking.run import write_redacted_json
+from neuromf.tracking.run_dir import RunDir
 
 
 class ProgressFile(pl.Callback):
@@ -22,7 +22,7 @@ class ProgressFile(pl.Callback):
     """
 
     def __init__(self, run_dir: str, every_s: float = 5.0):
-        self.path, self.every_s = Path(run_dir) / "progress.json", every_s
+        self.path, self.every_s = RunDir(run_dir).progress, every_s
         self._t0 = self._last = None
         self._step0 = 0
 
