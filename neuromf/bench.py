@@ -35,7 +35,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from neuromf.bench_cost import count_flops
+from neuromf.io_atomic import write_json_atomic
 from neuromf.meanflow import MeanFlowObjective
 from neuromf.meanflow.jvp import JVP_STRATEGIES, jvp_exact
 from neuromf.models import MeanFlowUNet
@@ -413,14 +413,6 @@ def format_table(results: list[dict]) -> str:
             f"{_fmt(r['samples_per_s'], '11.1f')}{_fmt(r.get('tflops_per_s'), '9.3f')}"
         )
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def device_name(device: torch.device) -> str:

@@ -29,16 +29,17 @@ import wandb_workspaces.workspaces as ws
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from neuromf.tracking.keys import LEGACY, STEP_KEY, all_expected, metric_base, metric_direction, summary_name
+from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
+from neuromf.io_atomic import write_text_atomic
+from neuromf.tracking.keys import LEGACY_ALIASES, STEP_KEY, all_expected, metric_base, metric_direction, summary_name
+from neuromf.tracking.metrics import REPLICATE_KEYS
 from neuromf.tracking.run import flat_config
 
 # Fallback arm keys when no sweep is given (Hydra config paths, logged as a nested W&B config).
 ARM_KEYS = ("model.prediction_type", "model.conditioning", "loss.norm_p", "optim.lr")
 DEFAULT_NFE = (1, 2, 5)
-OBJECTIVE = "val/feat3d_fd/nfe1"
 X_AXIS = STEP_KEY
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-REPLICATE_KEYS = ("seed",)
 DERIVED_KEYS = ("tag",)  # run-dir name parts interpolated from other keys: never an arm key of their own
 
 # (section, [(panel title, candidate keys)]): a panel keeps the candidates the sweep's configs will log.
@@ -164,57 +165,10 @@ def sweep_plan(sweep: str | None = None, sweep_dir: Path | None = None, override
         "arm_keys": tuple(arm_keys),
         "keys": keys,
         "nfe": tuple(nfe),
-        "objective": first.get("objective", OBJECTIVE),
+        "objective": first.get("objective", DEFAULT_OBJECTIVE),
         "objective_mode": first.get("objective_mode", "min"),
         "group": first.get("sweep_name"),
     }
-
-
-_SUMMARY_FIELD = re.compile(r"\.(min|max|last|mean|best)$")
-
-
-def panel_keys(obj) -> set[str]:
-    """Every metric / media key the panels of a Workspace or Report view model plot (from its JSON); summary
-    names (``key.min``) count as their metric key."""
-    data = json.loads(obj) if isinstance(obj, str) else obj
-    found: set[str] = set()
-
-    def walk(x):
-        if isinstance(x, dict):
-            cfg = x.get("config") if isinstance(x.get("config"), dict) else {}
-            for field in ("metrics", "mediaKeys"):
-                found.update(_SUMMARY_FIELD.sub("", k) for k in cfg.get(field) or [] if isinstance(k, str))
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-
-    walk(data)
-    return found
-
-
-def summary_refs(obj) -> set[str]:
-    """Run-summary names a Workspace or Report view model reads: bar-chart metrics and every
-    ``summary:<name>`` column (runs table, parallel coordinates)."""
-    data = json.loads(obj) if isinstance(obj, str) else obj
-    found: set[str] = set()
-
-    def walk(x):
-        if isinstance(x, dict):
-            if x.get("viewType") == "Bar Chart":
-                found.update((x.get("config") or {}).get("metrics") or [])
-            for k, v in x.items():
-                walk(k)
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-        elif isinstance(x, str) and x.startswith("summary:"):
-            found.add(x[len("summary:") :])
-
-    walk(data)
-    return found
 
 
 # ---------------------------------------------------------------------------------------- dashboards
@@ -246,7 +200,7 @@ def monitoring_workspace(
     arm_keys=ARM_KEYS,
     nfe=DEFAULT_NFE,
     keys=None,
-    objective=OBJECTIVE,
+    objective=DEFAULT_OBJECTIVE,
     objective_mode="min",
 ) -> ws.Workspace:
     """Workspace with losses / JVP / throughput / eval / reference / samples sections (panels only for ``keys``,
@@ -262,7 +216,7 @@ def monitoring_workspace(
             sections.append(ws.Section(name=name, panels=panels, is_open=name == "losses"))
     if any(k.startswith("val/") and "/nfe" in k for k in keys):
         extra = [_line("NFE consistency", ["val/nfe_consistency"])] if "val/nfe_consistency" in keys else []
-        aliases = [f"val/{m}" for m in LEGACY if f"val/{m}" in keys]
+        aliases = [f"val/{m}" for m in LEGACY_ALIASES if f"val/{m}" in keys]
         extra += [_line("first step count (older names)", aliases)] if aliases else []
         sections.append(ws.Section(name="eval", panels=_eval_panels(keys) + extra, is_open=True))
     if any(k.startswith("ref/") for k in keys):
@@ -305,7 +259,7 @@ def ablation_report(
     group: str | None = None,
     arm_keys=ARM_KEYS,
     keys=None,
-    objective=OBJECTIVE,
+    objective=DEFAULT_OBJECTIVE,
     nfe=DEFAULT_NFE,
     objective_mode="min",
 ) -> wr.Report:
@@ -393,10 +347,7 @@ def build(entity: str, project: str, group: str | None, out: Path, plan: dict | 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in texts.items():
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-        paths.append(out / name)
+        paths.append(write_text_atomic(out / name, text))
     return paths
 
 

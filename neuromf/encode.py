@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import sys
@@ -19,7 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from neuromf.data.encoders import MAISI_DEFAULT_NETWORK, Encoder, EncoderError, IdentityEncoder, MaisiEncoder
@@ -41,16 +39,13 @@ from neuromf.data.shards import (
     write_shard_record,
 )
 from neuromf.data.store import (
-    ERROR_COLUMNS,
-    MANIFEST_COLUMNS,
-    dataset_stats,
+    config_hash,
+    finalize_store,
     manifest_row,
     read_latent,
     read_latent_metadata,
     safe_name,
-    write_csv,
     write_latent,
-    write_stats,
 )
 
 
@@ -95,19 +90,6 @@ def collect_inputs(source: str | os.PathLike, dataset: str | None = None) -> lis
     raise DataError(f"{source}: not a folder of NIfTI files nor a .csv file")
 
 
-def config_hash(encoder_cfg: dict, preprocess_cfg: dict) -> str:
-    blob = json.dumps({"encoder": encoder_cfg, "preprocess": preprocess_cfg}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def compute_scale_factor(rows: list[dict]) -> float:
-    """1 / std of all latent values (pooled over subjects and channels)."""
-    mu_c, std_c = np.array(dataset_stats(rows)[0]), np.array(dataset_stats(rows)[1])
-    mu = mu_c.mean()
-    var = float(np.mean(std_c**2 + mu_c**2) - mu**2)
-    return 1.0 / max(np.sqrt(max(var, 0.0)), 1e-12)
-
-
 @dataclass
 class EncodeResult:
     out_dir: Path
@@ -117,33 +99,6 @@ class EncodeResult:
     skipped: int
     seconds: float
     stats: dict
-
-
-def finalize_store(
-    out_dir,
-    rows,
-    encoder_cfg: dict,
-    preprocess_cfg: dict,
-    scale_factor: float | str | None = None,
-    errors: list[dict] | None = None,
-) -> dict:
-    """Write manifest.csv, stats.json (and errors.csv when ``errors`` is not None) atomically."""
-    out_dir = Path(out_dir)
-    if not rows:
-        if errors:
-            write_csv(out_dir / "errors.csv", errors, ERROR_COLUMNS)
-            raise DataError(
-                f"{out_dir}: no subject could be encoded ({len(errors)} errors in {out_dir / 'errors.csv'})"
-            )
-        raise DataError(f"{out_dir}: no subject could be encoded")
-    if scale_factor == "auto":
-        scale = compute_scale_factor(rows)
-    else:
-        scale = 1.0 if scale_factor is None else float(scale_factor)
-    write_csv(out_dir / "manifest.csv", rows, MANIFEST_COLUMNS)
-    if errors is not None:
-        write_csv(out_dir / "errors.csv", errors, ERROR_COLUMNS)
-    return write_stats(out_dir, rows, {**encoder_cfg, "scale_factor": scale}, preprocess_cfg)
 
 
 def plan_inputs(items: list[InputItem]) -> tuple[list[tuple[int, InputItem]], list[tuple[int, InputItem, str]]]:
@@ -529,7 +484,7 @@ def _launch(argv: list[str], args) -> int:
         setup=args.slurm_setup,
         account=args.account,
     )
-    failed = run_array(argv + ["--no-progress"], out, todo, settings)
+    failed = run_array(run_one_shard, argv + ["--no-progress"], out, todo, settings)
     if failed:
         for shard, why in failed:
             print(f"error: shard {shard} failed ({why})", file=sys.stderr)

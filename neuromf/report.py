@@ -20,7 +20,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,15 +32,14 @@ import yaml
 from scipy import stats
 
 from neuromf.tracking.keys import metric_base, metric_direction
-from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, RunRecord, load_sweep
+from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, REPLICATE_KEYS, RunRecord, device_count, load_sweep
 from neuromf.tracking.redact import MASK, redact_text
-from neuromf.tracking.run import flat_config
+from neuromf.tracking.run import flat_config, git_state
+from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 # Loss terms compared per term (never train/loss_raw: it is loss_u + loss_v with a v-head, loss_u without).
 LOSS_TERMS = [("final", "train/loss_u"), ("final", "train/loss_v"), ("best", "val/loss_u"), ("best", "val/loss_v")]
-SUM_KEYS = ("train/loss_raw", "val/loss_raw")
-REPLICATE_KEYS = ("seed",)  # config keys that vary between the seeds of one arm by design
 CONFIDENCE = 0.95  # of every interval in the report (Student t: valid at the 3 seeds an arm usually has)
 NO_STATS = "n = 1: no statistics"
 _EVAL_KEY = re.compile(r"^val/(?!loss)[^/]+(/nfe\d+)?$")
@@ -362,7 +360,7 @@ def reference_levels(records: list[RunRecord]) -> dict[str, dict[str, float]]:
     found: dict[tuple[str, str], list[float]] = {}
     for r in records:
         levels = {}
-        path = r.path / "eval" / "summary.json"
+        path = RunDir(r.path).eval_summary
         if path.is_file():
             try:
                 for m, lv in (json.loads(path.read_text()).get("reference") or {}).items():
@@ -385,7 +383,7 @@ def reference_levels(records: list[RunRecord]) -> dict[str, dict[str, float]]:
 # ------------------------------------------------------------------------------------------ samples
 def _epoch_step(record: RunRecord, epoch: int) -> int | None:
     """The global step at the end of ``epoch`` (largest logged step of that epoch)."""
-    path = record.path / "eval" / "summary.json"
+    path = RunDir(record.path).eval_summary
     try:  # the evaluation records the global step of each validation epoch
         for h in json.loads(path.read_text()).get("history") or [] if path.is_file() else []:
             if h.get("epoch") == epoch and h.get("step") is not None:
@@ -408,7 +406,7 @@ def sample_gallery(records: list[RunRecord], arms: list[str]) -> list[dict]:
             (r for r, a in zip(records, arms, strict=True) if a == arm), key=lambda r: (not r.ok, str(r.seed))
         )
         for r in members:
-            epochs = sorted((r.path / "samples").glob("epoch_*"))
+            epochs = sorted(RunDir(r.path).samples.glob("epoch_*"))
             epochs = [e for e in epochs if list(e.glob("nfe_*/*.png"))]
             if not epochs:
                 continue
@@ -476,9 +474,9 @@ def wall_time_s(r: RunRecord) -> float | None:
     if isinstance(runtime, int | float) and runtime > 0:
         return float(runtime)
     start = _parse_time((r.status_data.get("provenance") or {}).get("started"))
-    cfg_file = r.path / ".hydra" / "config.yaml"
+    cfg_file = RunDir(r.path).config
     start = start or (cfg_file.stat().st_mtime if cfg_file.is_file() else None)
-    status = r.path / "status.json"
+    status = RunDir(r.path).status
     end = time.time() if r.status == "running" else (status.stat().st_mtime if status.is_file() else None)
     return max(0.0, end - start) if start and end else None
 
@@ -486,7 +484,7 @@ def wall_time_s(r: RunRecord) -> float | None:
 def parameter_count(run_dir: Path) -> int | None:
     """Parameters of the network in the run's newest checkpoint (``net.*`` tensors), None without one. Loaded as
     data only (neuromf/tracking/safe_load.py): an unsafe or unreadable checkpoint is skipped with one line naming it."""
-    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpts = sorted(RunDir(run_dir).checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not ckpts:
         return None
     try:
@@ -509,13 +507,10 @@ def cost_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
         for r in members:
             w = wall_time_s(r)
             tr = r.config.get("trainer", {}) if r.config else {}
-            devices = tr.get("devices", 1)
-            devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
-            nodes = tr.get("num_nodes", 1) if isinstance(tr.get("num_nodes", 1), int) else 1
             gpu = gpu or tr.get("accelerator") in ("gpu", "cuda")
             if w is not None:
                 walls.append(w)
-                dev_h += devices * nodes * w / 3600
+                dev_h += device_count(tr) * w / 3600
             s = r.series("train/samples_per_s")
             if len(s):
                 sps.append(float(s.median()))
@@ -539,14 +534,6 @@ def cost_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------- provenance
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def sweep_command(sweep_dir: Path) -> str | None:
     """The launching command, rebuilt from ``<sweep>/multirun.yaml`` (Hydra's overrides of the multirun), redacted."""
     path = sweep_dir / "multirun.yaml"
@@ -565,7 +552,7 @@ def provenance_table(records: list[RunRecord], arms: list[str]) -> pd.DataFrame:
     rows = []
     for r, arm in zip(records, arms, strict=True):
         prov = r.status_data.get("provenance") or {}
-        wid_file = r.path / "wandb_id.txt"
+        wid_file = RunDir(r.path).wandb_id
         wid = r.status_data.get("wandb_run_id") or (wid_file.read_text().strip() if wid_file.is_file() else "")
         wdirs = sorted(r.path.glob(f"wandb/*run-*-{wid}")) if wid else []
         commit = prov.get("git_commit")
@@ -1239,8 +1226,7 @@ def _samples(records, arms, tmp: Path, real: bool) -> list:
 
 
 def _provenance(sweep_dirs, records, arms) -> list:
-    commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    commit, dirty = git_state()
     cmd = " ".join(["python -m neuromf.report", *sys.argv[1:]])
     lines = [
         f"Report written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{cmd}` at git commit {commit or 'unknown'}"

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from neuromf.train import datamodule_from_config
+    from neuromf.data.datamodule import datamodule_from_config
 
     data = dict(hparams.get("data") or {"_target_": "neuromf.data.LatentDataModule"})
     if args.latent_dir:

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -20,23 +21,23 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuromf.config_schema import check_config
+from neuromf.data.datamodule import datamodule_from_config
 from neuromf.data.encoders import EncoderError
 from neuromf.data.io import DataError
 from neuromf.instantiate import build
 from neuromf.meanflow import check_jvp_strategy
 from neuromf.models.maisi_init import init_from_maisi
 from neuromf.sweep.pruning import OptunaReporter, Pruned
-from neuromf.tracking.csv_logger import RunCSVLogger
 from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
 from neuromf.tracking.metrics import read_config
 from neuromf.tracking.redact import install_log_redaction, redact_text
-from neuromf.tracking.run import clean_config, provenance, save_hydra_record, stable_run_id, update_status
+from neuromf.tracking.run import clean_config, provenance, save_hydra_record, update_status
+from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.wandb_setup import override_tags
-from neuromf.training.callbacks import DiagnosticsLogger, DivergenceMonitor, ObjectiveTracker, SampleCollector
+from neuromf.training.callbacks import DivergenceMonitor, ObjectiveTracker
 from neuromf.training.checkpoint_io import (
     AtomicCheckpointIO,
     CheckpointReadError,
@@ -46,20 +47,15 @@ from neuromf.training.checkpoint_io import (
 )
 from neuromf.training.ddp_strategy import AUTO as DDP_AUTO
 from neuromf.training.ddp_strategy import choose_ddp_strategy
-from neuromf.training.ema import EMA
+from neuromf.training.from_config import RunContext, build_nodes
 from neuromf.training.module import MeanFlowModule
-from neuromf.training.preemption import STOPPED_EXIT_CODE, CheckpointOnSigterm, RunStopped
+from neuromf.training.preemption import STOPPED_EXIT_CODE, RunStopped
 from neuromf.training.progress import ProgressFile
 from neuromf.training.resume_guard import RunRecordInCheckpoint, config_changes, describe_changes, run_record
 
 log = logging.getLogger("neuromf.train")
 install_log_redaction()  # every log line of a run or a sweep's launcher: URL passwords and secrets masked
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def datamodule_from_config(data: dict, **kwargs):
-    """The LatentDataModule of a `data` config (its `mask_ratio` belongs to the objective, not the datamodule)."""
-    return build({k: v for k, v in data.items() if k != "mask_ratio"}, **kwargs)
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Path):
@@ -89,69 +85,21 @@ def build_module(cfg: DictConfig) -> MeanFlowModule:
     )
 
 
+def run_context(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> RunContext:
+    """What the callback and logger nodes are handed: the run dir, the config, the resumed step, the arm's label."""
+    label = " ".join(override_tags(list(HydraConfig.get().overrides.task))) if HydraConfig.initialized() else ""
+    return RunContext(RunDir(run_dir), cfg, resume_step=resume_step, label=label)
+
+
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
-    cb = cfg.callbacks
-    ckpt_dir = run_dir / "checkpoints"
-    callbacks: list[pl.Callback] = [
-        DivergenceMonitor(**cb.divergence),
-        DiagnosticsLogger(**cb.diagnostics),
-        LearningRateMonitor(logging_interval="step"),
+    """The callbacks of conf/callbacks/ (neuromf/training/from_config.py), then the run's own bookkeeping: the
+    objective a sweep reads, the Optuna reporter of a trial, and progress.json (what a sweep's launcher prints)."""
+    return [
+        *build_nodes(cfg.callbacks, run_context(cfg, run_dir), group="callbacks"),
         ObjectiveTracker(cfg.objective, cfg.objective_mode),
         *optuna_reporter(cfg, run_dir),
-        # last.ckpt every n steps (what a requeued job resumes from) and at every epoch end
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="last",
-            every_n_train_steps=cb.checkpoint.every_n_train_steps,
-            enable_version_counter=False,
-        ),
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="last",
-            every_n_epochs=1,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
-        ),
-        CheckpointOnSigterm(dirpath=str(ckpt_dir)),  # last.ckpt at a SIGTERM (preemption, scancel)
+        ProgressFile(str(run_dir)),
     ]
-    if cfg.eval.enabled:
-        from neuromf.evaluation.callback import EvaluationCallback
-
-        kwargs = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items() if k != "enabled"}
-        callbacks.append(EvaluationCallback(output_dir=str(run_dir / "eval"), **kwargs))
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="best-{epoch:03d}-{step:06d}",
-                monitor=cfg.objective,
-                mode=cfg.objective_mode,
-                save_top_k=cb.checkpoint.save_top_k,
-                auto_insert_metric_name=False,
-            )
-        )
-        if cb.early_stopping.enabled:
-            callbacks.append(
-                EarlyStopping(
-                    monitor=cfg.objective,
-                    mode=cfg.objective_mode,
-                    patience=cb.early_stopping.patience,
-                    min_delta=cb.early_stopping.min_delta,
-                    check_finite=False,
-                )
-            )
-    if cb.samples.enabled:
-        kwargs = {k: v for k, v in OmegaConf.to_container(cb.samples, resolve=True).items() if k != "enabled"}
-        label = " ".join(override_tags(list(HydraConfig.get().overrides.task))) if HydraConfig.initialized() else ""
-        callbacks.append(SampleCollector(run_dir=str(run_dir), use_ema=cb.ema_inference, label=label, **kwargs))
-    callbacks.append(
-        EMA(
-            decay=cb.ema.decay,
-            update_every_n_steps=cb.ema.update_every_n_steps,
-            warmup=cb.ema.get("warmup", True),
-        )
-    )
-    callbacks.append(ProgressFile(str(run_dir)))  # what a sweep's launcher prints (neuromf/sweep/progress.py)
-    return callbacks
 
 
 def optuna_reporter(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
@@ -163,14 +111,20 @@ def optuna_reporter(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
-    loggers = [RunCSVLogger(str(run_dir), resume_step=resume_step)]
-    if cfg.logger.wandb.enabled:
-        from neuromf.tracking.wandb_setup import WandbUnavailable, start_wandb_logger
+    """The loggers of conf/logger/ (csv: metrics.csv; wandb: also W&B), each given the whole resolved config."""
+    from neuromf.tracking.wandb_setup import WandbUnavailable
 
-        try:
-            loggers.append(start_wandb_logger(cfg, run_dir, run_id=stable_run_id(run_dir)))
-        except WandbUnavailable as err:
-            raise InputError(str(err)) from err
+    try:
+        loggers = build_nodes(cfg.get("logger"), run_context(cfg, run_dir, resume_step), group="logger")
+    except WandbUnavailable as err:
+        raise InputError(str(err)) from err
+    resolved = clean_config(OmegaConf.to_container(cfg, resolve=True))
+    for logger in loggers:
+        logger.log_hyperparams(resolved)  # nested: every key can group runs in W&B
+        if type(logger).__name__ == "WandbLogger":
+            from neuromf.tracking.wandb_setup import define_metrics
+
+            define_metrics(logger.experiment, resolved)
     return loggers
 
 
@@ -182,8 +136,7 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> dict | None:
     unreadable, the newest readable of last.prev.ckpt / best-*.ckpt, with a warning (and 'resumed_from' in
     status.json); an error when none is readable. 'last' -> as null, but a checkpoint must exist. A path -> that
     checkpoint, no fallback."""
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+    ckpt_dir, last = RunDir(run_dir).checkpoints, RunDir(run_dir).last_checkpoint
     if cfg.ckpt_path not in (None, "last"):
         if not Path(cfg.ckpt_path).exists():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
@@ -276,11 +229,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     except RunLockedError as err:
         raise RunInUseError(str(err)) from err
     except OSError as err:
-        raise InputError(write_error_message(err, run_dir / ".lock") or f"{run_dir}/.lock: {err}") from err
+        raise InputError(write_error_message(err, RunDir(run_dir).lock) or f"{run_dir}/.lock: {err}") from err
     try:
         if lock is not None and lock.stale_holder:
             print(f"notice: took over the stale lock of {lock.stale_holder} (no longer running)", file=sys.stderr)
-        fresh = not (run_dir / ".hydra" / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+        fresh = not RunDir(run_dir).config.exists() and not RunDir(run_dir).checkpoints.exists()
         if lock is not None and fresh:  # a new run dir records its config first (a failed arm has one too)
             save_hydra_record(run_dir, cfg)
         return _train(cfg, run_dir)
@@ -295,6 +248,39 @@ def train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
+    """The recipe of a run: compose it (every check, nothing written), start it (its record and status), build its
+    callbacks, loggers and trainer, fit, and report the outcome in status.json."""
+    composed = compose_run(cfg, run_dir)
+    start_run(cfg, run_dir, composed)
+    built = build_run(cfg, run_dir, composed)
+    fit_run(run_dir, composed, built)
+    return report_run(cfg, run_dir, composed, built)
+
+
+@dataclass
+class ComposedRun:
+    """A run whose config, data and checkpoint passed every check: the datamodule (set up), the module, the
+    checkpoint to resume (validate_checkpoint's info, None for a fresh start) and the run record it carries."""
+
+    datamodule: pl.LightningDataModule
+    module: MeanFlowModule
+    resume: dict | None
+    record: dict
+
+    @property
+    def resume_step(self) -> int | None:
+        return self.resume["global_step"] if self.resume else None
+
+
+@dataclass
+class BuiltRun:
+    trainer: pl.Trainer
+    callbacks: list[pl.Callback]
+    checkpoint_io: AtomicCheckpointIO
+
+
+def compose_run(cfg: DictConfig, run_dir: Path) -> ComposedRun:
+    """Everything that checks the config, the data and the checkpoint, before anything is written (InputError)."""
     try:
         check_config(cfg)  # the allowed value ranges (neuromf/config_schema.py), before anything is built
     except ValueError as err:
@@ -304,7 +290,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_flush_denormal(True)  # denormal weights/activations slowed CPU steps several-fold
     pl.seed_everything(cfg.seed, workers=True)
-    try:  # everything that checks the config, the data and the checkpoint, before anything is written
+    try:
         check_jvp_strategy(cfg.model.prediction_type, cfg.loss.jvp)
         datamodule = build_datamodule(cfg, run_dir)
         datamodule.prepare_data()
@@ -321,10 +307,16 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             update_status(run_dir, init=report.summary())
     except (DataError, EncoderError, ValueError, FileNotFoundError) as err:
         raise InputError(str(err)) from err
+    return ComposedRun(datamodule, module, resume, record)
+
+
+def start_run(cfg: DictConfig, run_dir: Path, composed: ComposedRun) -> None:
+    """The checks passed: the run dir records this config (.hydra/) and status "running" (a refused checkpoint or
+    data store left status.json as it was)."""
     if is_rank_zero_process():
-        save_hydra_record(run_dir, cfg)  # the checks passed: this config is what the run dir now records
+        save_hydra_record(run_dir, cfg)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    update_status(  # only now: a refused checkpoint (or data) leaves status.json as it was, but for main's failure
+    update_status(
         run_dir,
         status="running",
         reason=None,
@@ -332,31 +324,45 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
         overrides=overrides,
         provenance=provenance(),
     )
-    resume_step = resume["global_step"] if resume else 0
-    if resume:
-        update_status(run_dir, resumed_from=resume["path"], resumed_step=resume_step)
-    callbacks = [*build_callbacks(cfg, run_dir), RunRecordInCheckpoint(record)]
-    loggers = build_loggers(cfg, run_dir, resume_step=resume_step)
-    resolved = clean_config(OmegaConf.to_container(cfg, resolve=True))
-    for logger in loggers:
-        logger.log_hyperparams(resolved)  # nested: every key can group runs in W&B
-        if type(logger).__name__ == "WandbLogger":
-            from neuromf.tracking.wandb_setup import define_metrics
+    if composed.resume:
+        update_status(run_dir, resumed_from=composed.resume["path"], resumed_step=composed.resume_step)
 
-            define_metrics(logger.experiment, resolved)
-    checkpoint_io = AtomicCheckpointIO()
-    trainer = build_trainer(cfg, run_dir, callbacks, loggers, checkpoint_io, module=module)
+
+def build_run(cfg: DictConfig, run_dir: Path, composed: ComposedRun) -> BuiltRun:
+    """The callbacks (conf/callbacks/), loggers (conf/logger/) and trainer of the run."""
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
-    except SIGTERMException as err:
-        raise stopped(run_dir, trainer, checkpoint_io, resume_step if resume else None) from err
+        callbacks = [*build_callbacks(cfg, run_dir), RunRecordInCheckpoint(composed.record)]
+    except ValueError as err:  # a node that cannot be built, named
+        raise InputError(str(err)) from err
+    loggers = build_loggers(cfg, run_dir, resume_step=composed.resume_step or 0)
+    checkpoint_io = AtomicCheckpointIO()
+    trainer = build_trainer(cfg, run_dir, callbacks, loggers, checkpoint_io, module=composed.module)
+    return BuiltRun(trainer, callbacks, checkpoint_io)
 
-    divergence = next(c for c in callbacks if isinstance(c, DivergenceMonitor))
+
+def fit_run(run_dir: Path, composed: ComposedRun, built: BuiltRun) -> None:
+    """trainer.fit, resuming the composed checkpoint; a SIGTERM records status "stopped" and raises RunStopped."""
+    try:
+        built.trainer.fit(
+            composed.module,
+            datamodule=composed.datamodule,
+            ckpt_path=composed.resume["path"] if composed.resume else None,
+        )
+    except SIGTERMException as err:
+        raise stopped(run_dir, built.trainer, built.checkpoint_io, composed.resume_step) from err
+
+
+def report_run(cfg: DictConfig, run_dir: Path, composed: ComposedRun, built: BuiltRun) -> float | Pruned:
+    """status.json's outcome (completed / diverged / pruned, objective, steps, checkpoint) and the sweep objective
+    (NaN when diverged, Pruned when the trial was pruned)."""
+    callbacks, checkpoint_io, run = built.callbacks, built.checkpoint_io, RunDir(run_dir)
+    divergence = next((c for c in callbacks if isinstance(c, DivergenceMonitor)), None)
+    diverged = divergence.reason if divergence is not None else None
     tracker = next(c for c in callbacks if isinstance(c, ObjectiveTracker))
     objective = tracker.best if tracker.best is not None else math.nan
     reporter = next((c for c in callbacks if isinstance(c, OptunaReporter)), None)
-    pruned = reporter is not None and reporter.pruned_step is not None and not divergence.reason
-    status = "diverged" if divergence.reason else "pruned" if pruned else "completed"
+    pruned = reporter is not None and reporter.pruned_step is not None and not diverged
+    status = "diverged" if diverged else "pruned" if pruned else "completed"
     if pruned:
         update_status(
             run_dir,
@@ -364,17 +370,16 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             reason=f"pruned by {reporter.pruner_name} at step {reporter.pruned_step} "
             f"({cfg.objective}={reporter.pruned_value:.4g})",
         )
-    wandb_id = (run_dir / "wandb_id.txt").read_text().strip() if (run_dir / "wandb_id.txt").exists() else None
-    last = str(run_dir / "checkpoints" / "last.ckpt")
-    checkpoint_step = checkpoint_io.written.get(last, resume_step if resume else None)
+    wandb_id = run.wandb_id.read_text().strip() if run.wandb_id.exists() else None
+    checkpoint_step = checkpoint_io.written.get(str(run.last_checkpoint), composed.resume_step)
     refused = sorted({step for _, step, _ in checkpoint_io.refused})
     update_status(
         run_dir,
         status=status,
-        **({} if pruned else {"reason": divergence.reason}),
+        **({} if pruned else {"reason": diverged}),
         objective=None if math.isnan(objective) else objective,
         best_step=tracker.best_step,
-        global_step=trainer.global_step,
+        global_step=built.trainer.global_step,
         checkpoint_step=checkpoint_step,
         refused_checkpoint_steps=refused or None,
         wandb_run_id=wandb_id,
@@ -385,8 +390,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | Pruned:
             refused,
             checkpoint_step,
         )
-    if divergence.reason:
-        log.error("run diverged: %s (last.ckpt holds step %s, the last finite one)", divergence.reason, checkpoint_step)
+    if diverged:
+        log.error("run diverged: %s (last.ckpt holds step %s, the last finite one)", diverged, checkpoint_step)
         return math.nan
     log.info("run dir: %s  %s = %s", run_dir, cfg.objective, objective)
     if pruned:
@@ -404,8 +409,7 @@ def resume_hint(run_dir: Path) -> str:
 
 def stopped(run_dir: Path, trainer: pl.Trainer, checkpoint_io: AtomicCheckpointIO, resume_step) -> RunStopped:
     """Record status "stopped" (SIGTERM during fit) in status.json; the RunStopped to raise."""
-    last = str(run_dir / "checkpoints" / "last.ckpt")
-    checkpoint_step = checkpoint_io.written.get(last, resume_step)
+    checkpoint_step = checkpoint_io.written.get(str(RunDir(run_dir).last_checkpoint), resume_step)
     reason = f"SIGTERM at step {trainer.global_step} (preemption, scancel or the time limit)"
     update_status(
         run_dir,

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from dashboard_helpers import panel_keys
 
-from neuromf.dashboards import main, panel_keys, sweep_plan, varying_keys
+from neuromf.dashboards import main, sweep_plan, varying_keys
 
 # Two runs of `sweep=demo` (v_head=res0 / v_head=off) recorded with scripts/record_logged_keys.py: their
 # composed configs and every key they logged (metrics.csv columns + W&B media keys).

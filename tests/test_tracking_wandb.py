@@ -106,8 +106,9 @@ def test_dashboards_read_the_summary_holding_the_best_value(tmp_path, monkeypatc
     from pathlib import Path
 
     import wandb
+    from dashboard_helpers import summary_refs
 
-    from neuromf.dashboards import build, compose, summary_refs, sweep_plan
+    from neuromf.dashboards import build, compose, sweep_plan
     from neuromf.tracking.keys import expected_keys, metric_direction
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.utils import unsqueeze_right
 
 DEFAULTS = {
     "enabled": False,
@@ -84,7 +85,7 @@ class LatentAugmentation:
         if self.noise_prob > 0 and bool((self.noise_std > 0).any()) and u_noise < self.noise_prob:
             # hand-written: MONAI's RandGaussianNoise has one std for all channels; here one per channel
             noise = torch.randn(z.shape, generator=g, dtype=torch.float32)
-            z = z + noise.to(z.dtype) * self.noise_std.to(z.dtype).view(-1, 1, 1, 1)
+            z = z + noise.to(z.dtype) * unsqueeze_right(self.noise_std.to(z.dtype), 4)
         return z
 
     def __repr__(self) -> str:

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from monai.utils import unsqueeze_right
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from neuromf.data.augmentation import build_augmentation, validate_config
 from neuromf.data.io import DataError
 from neuromf.data.split import SPLIT_NAMES, load_split, resolve_ratios, save_split, stratified_split
 from neuromf.data.store import LatentStore, parse_shape
+from neuromf.instantiate import build
 
 log = logging.getLogger(__name__)
 MAX_BAD_FILES_LISTED = 10
@@ -122,7 +124,7 @@ class _NormalisedLoader:
         cache: dict[str, torch.Tensor],
     ):
         self.root, self.files, self.shape = Path(root), files, tuple(shape)
-        self.mean, self.std = mean.view(-1, 1, 1, 1), std.view(-1, 1, 1, 1)
+        self.mean, self.std = unsqueeze_right(mean, 4), unsqueeze_right(std, 4)  # (C,) -> (C, 1, 1, 1)
         self.normalize, self.scale, self.cache = normalize, scale, cache
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
@@ -322,13 +324,6 @@ class LatentDataModule(pl.LightningDataModule):
         return split
 
     # ------------------------------------------------------------------ loading
-    def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """Encoder space -> model space; z (C,D,H,W) or (B,C,D,H,W)."""
-        if not self.normalize:
-            return z * self.scale_factor
-        shape = (-1, 1, 1, 1)
-        return (z - self.channel_mean.to(z).view(shape)) / self.channel_std.to(z).view(shape)
-
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         """Model space -> encoder space; z (C,D,H,W) or (B,C,D,H,W)."""
         if not self.normalize:
@@ -430,3 +425,9 @@ class LatentDataModule(pl.LightningDataModule):
         self.setup()
         z = self.denormalize(z.detach().float().cpu())
         return save_decoded(z, self.encoder("cpu"), self.reference_affine(), out_stem, title=Path(out_stem).name)
+
+
+def datamodule_from_config(data: dict, **kwargs) -> pl.LightningDataModule:
+    """The datamodule of a `data` config (its `_target_` and keys; `mask_ratio` belongs to the objective, not the
+    datamodule); `kwargs` are passed on (run_dir, expected_channels)."""
+    return build({k: v for k, v in data.items() if k != "mask_ratio"}, **kwargs)

@@ -29,7 +29,7 @@ import torch
 
 from neuromf.data.encoders import IdentityEncoder
 from neuromf.data.io import PreprocessConfig, _preprocess_array, save_triplanar_png
-from neuromf.data.store import manifest_row, write_latent
+from neuromf.data.store import config_hash, finalize_store, manifest_row, write_latent
 
 VARIANTS: dict[str, dict] = {
     "small": {"n_subjects": 48, "latent_shape": (32, 32, 32)},
@@ -119,8 +119,6 @@ def build_demo(
 
     Returns out_dir. Raises FileExistsError if out_dir already holds a store."""
     from tqdm import tqdm
-
-    from neuromf.encode import config_hash, finalize_store
 
     _check_variant(variant)
     spec = VARIANTS[variant]

@@ -15,6 +15,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from neuromf.io_atomic import atomic_path
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -144,11 +146,6 @@ def _preprocess_array(data: np.ndarray, affine: np.ndarray, cfg: PreprocessConfi
     return x
 
 
-def _tmp_path(path: Path) -> Path:
-    # keep the real suffix last so nibabel/others pick the right format
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
-
-
 def save_nifti(image: torch.Tensor | np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write (X, Y, Z) or (1, X, Y, Z) image with the given affine atomically (temp + os.replace)."""
     path = Path(path)
@@ -157,16 +154,11 @@ def save_nifti(image: torch.Tensor | np.ndarray, affine: np.ndarray, path: str |
         arr = arr[0]
     if arr.ndim != 3:
         raise ValueError(f"save_nifti({path}): expected (X,Y,Z) or (1,X,Y,Z), got {arr.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
     img = nib.Nifti1Image(arr.astype(np.float32), np.asarray(affine, np.float64))
     img.set_qform(np.asarray(affine, np.float64), code=1)
     img.set_sform(np.asarray(affine, np.float64), code=1)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -210,14 +202,11 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 80) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -2,12 +2,14 @@
 
 Only shards without a finished record (``neuromf.data.shards``) are submitted, so running the same command again
 after a shard died redoes that shard alone. Each job runs ``python -m neuromf.encode <the same arguments> --shard
-I/N`` in-process (``run_shard``); submitit keeps its logs in ``<store>/.submitit/<job id>/``.
+I/N`` in-process (the ``shard_job`` the caller passes: neuromf.encode's ``run_one_shard``); submitit keeps its
+logs in ``<store>/.submitit/<job id>/``.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +30,6 @@ class ArraySettings:
     array_parallelism: int | None = None
     setup: list[str] = field(default_factory=list)
     account: str | None = None
-
-
-def run_shard(argv: list[str], index: int, count: int) -> dict:
-    """One array job: encode shard index/count with the launcher's arguments. -> the shard's summary."""
-    from neuromf.encode import run_one_shard
-
-    return run_one_shard(argv, Shard(index, count))
 
 
 def make_executor(folder: Path, settings: ArraySettings, name: str):
@@ -58,14 +53,20 @@ def make_executor(folder: Path, settings: ArraySettings, name: str):
     return executor
 
 
-def run_array(argv: list[str], out_dir: Path, todo: list[Shard], settings: ArraySettings) -> list[tuple[Shard, str]]:
-    """Submit ``todo`` as one job array and wait for every job. -> [(shard, one-line reason)] of the failed ones."""
+def run_array(
+    shard_job: Callable[[list[str], Shard], dict],
+    argv: list[str],
+    out_dir: Path,
+    todo: list[Shard],
+    settings: ArraySettings,
+) -> list[tuple[Shard, str]]:
+    """Submit ``todo`` as one job array of ``shard_job(argv, shard) -> summary`` and wait for every job.
+    -> [(shard, one-line reason)] of the failed ones."""
     if not todo:
         return []
-    count = todo[0].count
     try:
         executor = make_executor(out_dir / ".submitit", settings, name=f"encode-{out_dir.name}")
-        jobs = executor.map_array(run_shard, [argv] * len(todo), [s.index for s in todo], [count] * len(todo))
+        jobs = executor.map_array(shard_job, [argv] * len(todo), todo)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 — no sbatch, a refused submission: one line

@@ -24,7 +24,8 @@ from pathlib import Path
 from safetensors import safe_open
 
 from neuromf.data.io import DataError
-from neuromf.data.store import atomic_write_text, parse_shape
+from neuromf.data.store import parse_shape
+from neuromf.io_atomic import write_text_atomic
 
 SHARD_DIR = "shards"
 _SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.json$")
@@ -71,7 +72,7 @@ def write_shard_record(out_dir, shard: Shard, record: dict) -> Path:
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
     }
-    return atomic_write_text(shard_path(out_dir, shard), json.dumps(record, indent=1))
+    return write_text_atomic(shard_path(out_dir, shard), json.dumps(record, indent=1))
 
 
 def read_shard_record(path: Path) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from neuromf.data.io import DataError
+from neuromf.io_atomic import write_text_atomic
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -71,10 +72,9 @@ def stratified_split(rows: list[dict], ratios=(0.85, 0.10, 0.05), seed: int = 0)
 
 
 def save_split(path: str | os.PathLike, split: dict, ratios, seed: int) -> Path:
-    from neuromf.data.store import atomic_write_text
 
     payload = {"split_seed": seed, "ratios": list(ratios), **{k: list(split[k]) for k in SPLIT_NAMES}}
-    return atomic_write_text(path, json.dumps(payload, indent=2))
+    return write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def load_split(path: str | os.PathLike, known_subjects: Sequence[str]) -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ Every file is written atomically (temp file + os.replace): a crash never leaves 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from neuromf.data.io import DataError
+from neuromf.io_atomic import atomic_path, write_text_atomic
 
 MANIFEST_COLUMNS = ["subject", "dataset", "diagnosis", "source_path", "latent_file", "shape", "mean", "std"]
 ERROR_COLUMNS = ["file", "subject", "error"]
@@ -53,35 +55,18 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_latent(path: str | os.PathLike, latent: torch.Tensor, affine: np.ndarray, metadata: dict | None = None):
     """Atomically write latent (C,D,H,W) float32 + affine (4,4) float64 (+ str metadata) to safetensors."""
     path = Path(path)
     if latent.ndim != 4:
         raise ValueError(f"write_latent({path}): expected (C,D,H,W), got {tuple(latent.shape)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     tensors = {
         "latent": latent.detach().to("cpu", torch.float32).contiguous(),
         "affine": torch.as_tensor(np.asarray(affine, np.float64)).contiguous(),
     }
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
         os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates its files 0600; use the umask, as open() does
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -138,7 +123,7 @@ def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> 
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    return atomic_write_text(path, buf.getvalue())
+    return write_text_atomic(path, buf.getvalue())
 
 
 def read_manifest(latent_dir: str | os.PathLike) -> list[dict]:
@@ -184,7 +169,7 @@ def write_stats(latent_dir, rows: list[dict], encoder_cfg: dict, preprocess_cfg:
         "preprocess": preprocess_cfg,
         **(extra or {}),
     }
-    atomic_write_text(Path(latent_dir) / "stats.json", json.dumps(stats, indent=2))
+    write_text_atomic(Path(latent_dir) / "stats.json", json.dumps(stats, indent=2))
     return stats
 
 
@@ -220,3 +205,44 @@ class LatentStore:
 
     def load(self, subject: str) -> tuple[torch.Tensor, np.ndarray]:
         return read_latent(self.path(subject))
+
+
+def config_hash(encoder_cfg: dict, preprocess_cfg: dict) -> str:
+    """The 16-hex-digit identity of an encoder + preprocessing config (in every latent's metadata)."""
+    blob = json.dumps({"encoder": encoder_cfg, "preprocess": preprocess_cfg}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def compute_scale_factor(rows: list[dict]) -> float:
+    """1 / std of all latent values (pooled over subjects and channels)."""
+    mu_c, std_c = np.array(dataset_stats(rows)[0]), np.array(dataset_stats(rows)[1])
+    mu = mu_c.mean()
+    var = float(np.mean(std_c**2 + mu_c**2) - mu**2)
+    return 1.0 / max(np.sqrt(max(var, 0.0)), 1e-12)
+
+
+def finalize_store(
+    out_dir,
+    rows,
+    encoder_cfg: dict,
+    preprocess_cfg: dict,
+    scale_factor: float | str | None = None,
+    errors: list[dict] | None = None,
+) -> dict:
+    """Write manifest.csv, stats.json (and errors.csv when ``errors`` is not None) atomically."""
+    out_dir = Path(out_dir)
+    if not rows:
+        if errors:
+            write_csv(out_dir / "errors.csv", errors, ERROR_COLUMNS)
+            raise DataError(
+                f"{out_dir}: no subject could be encoded ({len(errors)} errors in {out_dir / 'errors.csv'})"
+            )
+        raise DataError(f"{out_dir}: no subject could be encoded")
+    if scale_factor == "auto":
+        scale = compute_scale_factor(rows)
+    else:
+        scale = 1.0 if scale_factor is None else float(scale_factor)
+    write_csv(out_dir / "manifest.csv", rows, MANIFEST_COLUMNS)
+    if errors is not None:
+        write_csv(out_dir / "errors.csv", errors, ERROR_COLUMNS)
+    return write_stats(out_dir, rows, {**encoder_cfg, "scale_factor": scale}, preprocess_cfg)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from neuromf.evaluation.frechet import FeatureStats
+from neuromf.io_atomic import atomic_path
 
 __all__ = ["StatsCache", "default_cache_dir", "tensor_fingerprint"]
 
@@ -103,17 +103,12 @@ class StatsCache:
 
     def _write(self, key: dict, tensors: dict[str, torch.Tensor]) -> Path:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(
-                {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"key": _canonical(key)}
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                str(tmp),
+                metadata={"key": _canonical(key)},
             )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     def get_or_compute(self, key: dict, compute: Callable[[], dict[str, FeatureStats]]) -> dict[str, FeatureStats]:

@@ -47,7 +47,7 @@ from neuromf.evaluation.cache import StatsCache, tensor_fingerprint
 from neuromf.evaluation.frechet import FeatureStats
 from neuromf.evaluation.ranking import collapsed_set
 from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED, MetricSuite, RealReference
-from neuromf.tracking.run import write_json_atomic
+from neuromf.io_atomic import write_json_atomic
 
 __all__ = ["EvaluationCallback", "DEFAULT_OBJECTIVE", "LEGACY_ALIASES"]
 

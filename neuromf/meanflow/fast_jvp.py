@@ -72,10 +72,6 @@ def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _grad_like(g: Tensor | None, ref: Tensor) -> Tensor | None:
-    return None if g is None else g.to(ref.dtype)
-
-
 # ---- Functions -------------------------------------------------------------------------------------------------
 class _ConvFn(Function):
     """N-d convolution (zero padding, not transposed)."""

@@ -18,6 +18,7 @@ from monai.networks.nets.diffusion_model_unet import (
     get_timestep_embedding,
     zero_module,
 )
+from monai.utils import unsqueeze_right
 from torch import Tensor, nn
 
 Conditioning = Literal["dual", "h", "t_h"]
@@ -130,7 +131,7 @@ class MeanFlowUNet(nn.Module):
     def _to_velocity(self, out: Tensor, z: Tensor, t: Tensor) -> Tensor:
         if self.prediction_type == "u":
             return out
-        t_safe = t.clamp_min(self.t_min).view(-1, *([1] * (z.ndim - 1)))
+        t_safe = unsqueeze_right(t.clamp_min(self.t_min), z.ndim)  # (B,) -> (B, 1, 1, 1, 1)
         return (z - out) / t_safe  # x-prediction: u = (z_t - x_hat) / max(t, t_min)
 
     @staticmethod

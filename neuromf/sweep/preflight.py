@@ -19,10 +19,6 @@ from neuromf.sweep.arms import identical_jobs, identical_jobs_message
 from neuromf.sweep.optuna import OPTUNA_DIRECTION
 
 
-class SweepRefused(Exception):
-    """A sweep that would compare the wrong thing or waste the cluster (one line)."""
-
-
 def sweeper_direction_error(config: DictConfig) -> str | None:
     """The Optuna study's direction(s) set apart from `objective_mode`, or None."""
     sweeper = config.hydra.sweeper

@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from neuromf.tracking.redact import redact_text
+from neuromf.tracking.run_dir import RunDir
 
 
 def _fmt_time(seconds) -> str:
@@ -47,7 +48,7 @@ def progress_lines(sweep_dir: Path, arms: dict[str, str] | None = None) -> dict[
 
 
 def _overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = RunDir(run_dir).overrides
     if not path.exists():
         return []
     import yaml

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from neuromf.tracking.lock import holder_fields, pid_alive
+from neuromf.tracking.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 PRUNER_ATTR = "neuromf_pruner"  # study user attr: the sweeper's pruner config, instantiated again by each job
@@ -135,7 +136,7 @@ def lock_holder(run_dir: str | Path) -> str | None:
 
     from neuromf.tracking.lock import UNSUPPORTED_ERRNOS, lock_disabled
 
-    path = Path(run_dir) / ".lock"
+    path = RunDir(run_dir).lock
     if not path.exists():
         return None
     fd = os.open(path, os.O_RDONLY)

@@ -4,6 +4,7 @@ multirun."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -12,9 +13,11 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from neuromf.tracking.metrics import load_sweep, read_config
+from neuromf.io_atomic import write_text_atomic
+from neuromf.tracking.metrics import device_count, load_sweep, read_config
 from neuromf.tracking.redact import redact
-from neuromf.tracking.run import read_status, write_json_atomic
+from neuromf.tracking.run import read_status, write_redacted_json
+from neuromf.tracking.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
     step = status.get("pruned_step", status.get("global_step"))
     out = {"pruned_step": step, "total_steps": None, "saved_gpu_h": None}
     try:
-        progress = json.loads((Path(run_dir) / "progress.json").read_text())
+        progress = json.loads(RunDir(run_dir).progress.read_text())
     except (OSError, ValueError):
         return out
     total, elapsed, last = progress.get("total_steps"), progress.get("elapsed_s"), progress.get("step")
@@ -36,10 +39,7 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
     out["total_steps"] = total
     if total and elapsed and done > 0 and step is not None:
         trainer = (read_config(Path(run_dir)) or {}).get("trainer") or {}
-        devices = trainer.get("devices", 1)
-        devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
-        nodes = trainer.get("num_nodes", 1) if isinstance(trainer.get("num_nodes", 1), int) else 1
-        out["saved_gpu_h"] = elapsed / done * max(0, total - step) * devices * nodes / 3600
+        out["saved_gpu_h"] = elapsed / done * max(0, total - step) * device_count(trainer) / 3600
     return out
 
 
@@ -95,13 +95,12 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
                          "reason": None, "objective_key": None, "objective": None, "pruned_step": None,
                          "saved_gpu_h": None})  # fmt: skip
     rows.sort(key=lambda r: (0, int(r["job"]), "") if r["job"].isdigit() else (1, 0, r["job"]))
-    write_json_atomic(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})
-    tmp = sweep_dir / ".sweep_summary.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["job"])
-        writer.writeheader()
-        writer.writerows(redact(rows))
-    tmp.replace(sweep_dir / "sweep_summary.csv")
+    write_redacted_json(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["job"])
+    writer.writeheader()
+    writer.writerows(redact(rows))
+    write_text_atomic(sweep_dir / "sweep_summary.csv", buf.getvalue(), newline="")
     return rows
 
 

@@ -9,6 +9,8 @@ import os
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from neuromf.io_atomic import write_text_atomic
+
 
 def truncate_metrics(path: str, resume_step: int) -> int:
     """Drop the rows of metrics.csv logged at step >= `resume_step` (the steps a resumed run trains again), so
@@ -36,10 +38,7 @@ def truncate_metrics(path: str, resume_step: int) -> int:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(kept)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue(), newline="")
     return len(rows) - len(kept)
 
 
@@ -62,12 +61,11 @@ class _AppendingWriter(ExperimentWriter):
         """A new metric column: rewrite the file under the wider header atomically (a kill keeps the old file)."""
         with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
-        tmp = f"{self.metrics_file_path}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.metrics_file_path, buf.getvalue(), newline="")
 
 
 class RunCSVLogger(CSVLogger):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from neuromf.evaluation.callback import LEGACY_ALIASES  # val/<m> = val/<m>/nfe<first NFE>
 from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED
 
 STEP_KEY = "trainer/global_step"  # Lightning's WandbLogger x axis
 LATENT_METRICS = ("swd", "swd_patch", "template_corr", "template_corr_min")  # on latents: always computed
 FID_METRICS = ("fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
-LEGACY = ("swd", "swd_patch", "feat3d_fd", *FID_METRICS)  # val/<m> = val/<m>/nfe<first NFE>
 _BASE = re.compile(r"^(?:val|ref)/([^/]+)")
 
 
@@ -93,7 +93,7 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     metrics = eval_metrics(cfg)
     nfes = [int(n) for n in ev.get("nfe_list", [])] if metrics else []
     evaluation = [f"val/{m}/nfe{n}" for m in metrics for n in nfes]
-    evaluation += [f"val/{m}" for m in metrics if m in LEGACY]
+    evaluation += [f"val/{m}" for m in metrics if m in LEGACY_ALIASES]
     evaluation += ["val/eval_time_s"] if metrics else []
     levels = ("real", "collapsed", "noise")  # the evaluation's reference sets (neuromf/evaluation/callback.py)
     ref = [f"ref/{m}/{lvl}" for m in metrics for lvl in levels] if ev.get("reference_levels") else []

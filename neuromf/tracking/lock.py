@@ -21,7 +21,8 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
+
+from neuromf.tracking.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 ENV = "NEUROMF_RUN_LOCK"  # "off": no flock (a filesystem without flock support)
@@ -87,7 +88,7 @@ class RunLock:
     died without releasing it (None when the lock was free)."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / ".lock"
+        self.path = RunDir(run_dir).lock
         self.stale_holder: str | None = None
         self._fd: int | None = None
         self._locked = False

@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
 from neuromf.tracking.redact import redact
+from neuromf.tracking.run_dir import RunDir
 
-DEFAULT_OBJECTIVE = "val/feat3d_fd/nfe1"
-SEED_KEYS = ("seed",)  # override keys that identify a replicate, not an ablation arm
+REPLICATE_KEYS = ("seed",)  # keys that vary between the seeds of one arm by design (also any `<node>.seed`)
 
 
 @dataclass
@@ -65,15 +66,27 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip().lstrip("+~"), value.strip()
 
 
+def is_replicate_key(key: str) -> bool:
+    """A key whose value tells the seeds of one arm apart (seed, model.seed, ...), not the arm."""
+    return key in REPLICATE_KEYS or key.endswith(".seed")
+
+
+def is_arm_key(key: str) -> bool:
+    """An overridden key that makes an arm: not a replicate key, not how the job is launched (hydra.*, hydra/...)
+    and not the trial an Optuna sweeper passed (optuna.*)."""
+    return not is_replicate_key(key) and not key.startswith(("hydra.", "hydra/", "optuna."))
+
+
 def split_arm(overrides: list[str]) -> tuple[dict[str, str], str | None]:
-    """Return (arm dict without seed / hydra.* keys, seed value or None)."""
+    """The arm of a run from its overrides: ({key: value} of its arm keys, sorted; its seed or None). The one
+    definition of an arm: the report (RunRecord.arm), the W&B tags and the sample labels use it."""
     arm: dict[str, str] = {}
     seed = None
     for ov in overrides:
         key, value = parse_override(str(ov))
-        if key in SEED_KEYS or key.endswith(".seed"):
+        if is_replicate_key(key):
             seed = value
-        elif not key.startswith(("hydra.", "optuna.")):  # optuna.*: the trial the sweeper passed, not the arm
+        elif is_arm_key(key):
             arm[key] = value
     return dict(sorted(arm.items())), seed
 
@@ -137,10 +150,19 @@ def summarize(df: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
     return final, best
 
 
+def device_count(trainer: dict) -> int:
+    """Devices x nodes of a run's `trainer` config (`devices`: an int, or a list of device ids; anything else,
+    such as "auto", counts as 1)."""
+    devices = trainer.get("devices", 1)
+    devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
+    nodes = trainer.get("num_nodes", 1) if isinstance(trainer.get("num_nodes", 1), int) else 1
+    return devices * nodes
+
+
 def read_config(run_dir: Path) -> dict:
     """The composed config of a run (``.hydra/config.yaml``, interpolations left as written, redacted); {} if
     absent."""
-    path = Path(run_dir) / ".hydra" / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         return {}
     try:
@@ -164,9 +186,9 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run dir not found: {run_dir}")
-    overrides = _read_yaml_list(run_dir / ".hydra" / "overrides.yaml")
+    overrides = _read_yaml_list(RunDir(run_dir).overrides)
     notes: list[str] = []
-    status_path = run_dir / "status.json"
+    status_path = RunDir(run_dir).status
     status: dict = {}
     if status_path.is_file():
         from neuromf.tracking.run import DamagedStatusError, read_status
@@ -184,7 +206,7 @@ def load_run(run_dir: str | Path, objective_key: str | None = None, mode: str = 
     if config.get("seed") is not None:
         seed = str(config["seed"])  # the composed value: also right when the sweep does not override it
 
-    csv = run_dir / "metrics.csv"
+    csv = RunDir(run_dir).metrics
     df = read_metrics_csv(csv, notes) if csv.is_file() else pd.DataFrame()
     final, best = summarize(df) if len(df) else ({}, {})
     state = status.get("status")

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from neuromf.io_atomic import write_text_atomic
+
 MASK = "***"
 # ('tokens' stays out: a count such as max_tokens is no secret)
 _SECRET_WORD = r"(?:(?:(?:api|access|secret|private)[_\-]?key|password|passwd|secret|credential)s?|token)"
@@ -94,9 +96,7 @@ def redact_file(path: str | os.PathLike) -> bool:
     clean = redact_text(text)
     if clean == text:
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.redact.tmp")
-    tmp.write_text(clean)
-    os.replace(tmp, path)
+    write_text_atomic(path, clean)
     return True
 
 

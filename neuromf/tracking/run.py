@@ -5,20 +5,19 @@ Everything written here passes through neuromf/tracking/redact.py (URL passwords
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+from neuromf.io_atomic import write_json_atomic, write_text_atomic
 from neuromf.tracking.redact import is_secret_key, redact, redact_text
+from neuromf.tracking.run_dir import RunDir
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to `path` via a temp file + os.replace, with URL passwords and secret-looking keys masked."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(redact(payload), indent=2, default=str))
+def write_redacted_json(path: Path, payload: dict) -> None:
+    """Write JSON to `path` atomically, with URL passwords and secret-looking keys masked."""
+    write_json_atomic(path, redact(payload))
 
 
 class DamagedStatusError(ValueError):
@@ -27,7 +26,7 @@ class DamagedStatusError(ValueError):
 
 def read_status(run_dir: Path) -> dict:
     """<run_dir>/status.json as a dict ({} when absent); DamagedStatusError naming the file when unreadable."""
-    path = Path(run_dir) / "status.json"
+    path = RunDir(run_dir).status
     if not path.exists():
         return {}
     text = path.read_text(errors="replace")
@@ -50,21 +49,8 @@ def update_status(run_dir: Path, **fields: Any) -> dict:
         print(f"warning: {err}; writing a new one (the checkpoint and metrics.csv are kept)", file=sys.stderr)
         previous = {"replaced_damaged_status": str(err)}
     status = {**previous, **fields}
-    write_json_atomic(Path(run_dir) / "status.json", status)
+    write_redacted_json(RunDir(run_dir).status, status)
     return status
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file + os.replace (the temp file is removed when the write fails)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_hydra_record(run_dir: Path, task_cfg) -> None:
@@ -74,9 +60,7 @@ def save_hydra_record(run_dir: Path, task_cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from neuromf.tracking.redact import redact_text
-
-    out = Path(run_dir) / ".hydra"
+    out = RunDir(run_dir).hydra
     write_text_atomic(out / "config.yaml", redact_text(OmegaConf.to_yaml(task_cfg)))  # no password reaches a file
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
@@ -86,7 +70,7 @@ def save_hydra_record(run_dir: Path, task_cfg) -> None:
 
 def stable_run_id(run_dir: Path) -> str:
     """The W&B run id of this run dir: created once, re-read after a requeue so the W&B run resumes."""
-    path = Path(run_dir) / "wandb_id.txt"
+    path = RunDir(run_dir).wandb_id
     if path.exists():
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
@@ -115,12 +99,9 @@ def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def provenance(repo: str | Path | None = None) -> dict[str, Any]:
-    """Git commit and dirty flag of the code (None outside a git checkout), the command line, host and date."""
-    import socket
+def git_state(repo: str | Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the code's git checkout (default: this project's); (None, None) outside one."""
     import subprocess
-    import sys
-    import time
 
     repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
 
@@ -133,6 +114,15 @@ def provenance(repo: str | Path | None = None) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
+    return commit, dirty
+
+
+def provenance(repo: str | Path | None = None) -> dict[str, Any]:
+    """Git commit and dirty flag of the code (None outside a git checkout), the command line, host and date."""
+    import socket
+    import time
+
+    commit, dirty = git_state(repo)
     return {
         "git_commit": commit,
         "git_dirty": dirty,

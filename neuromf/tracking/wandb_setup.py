@@ -21,13 +21,11 @@ def wandb_mode(requested: str | None) -> str:
 
 
 def override_tags(overrides: list[str]) -> list[str]:
-    """['model.conditioning=dual', 'seed=1'] -> ['model.conditioning=dual'] (seeds are replicates, not arms);
-    redacted (neuromf/tracking/redact.py)."""
-    return [
-        redact_text(o.lstrip("+~"))
-        for o in overrides
-        if not o.split("=")[0].endswith("seed") and not o.lstrip("+~").startswith(("hydra", "optuna."))
-    ]
+    """['model.conditioning=dual', 'seed=1'] -> ['model.conditioning=dual']: the arm keys of the overrides
+    (neuromf.tracking.metrics.is_arm_key), redacted (neuromf/tracking/redact.py)."""
+    from neuromf.tracking.metrics import is_arm_key, parse_override
+
+    return [redact_text(o.lstrip("+~")) for o in overrides if is_arm_key(parse_override(o)[0])]
 
 
 # What W&B records as the run's program: the training entry point, also when a launcher's own module is the

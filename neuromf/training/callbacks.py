@@ -12,8 +12,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
 from neuromf.meanflow import noise_like
 from neuromf.meanflow.jvp import rms_norm, time_derivative_parts
+from neuromf.tracking.run_dir import RunDir
 
 
 class DivergenceMonitor(pl.Callback):
@@ -143,7 +145,7 @@ class SampleCollector(pl.Callback):
     def collect(self, trainer, pl_module) -> dict[int, torch.Tensor]:
         dm = trainer.datamodule
         noise = noise_like((self.num_samples, *dm.latent_shape), self.seed)
-        out_dir = self.run_dir / "samples" / f"epoch_{trainer.current_epoch:04d}"
+        out_dir = RunDir(self.run_dir).samples / f"epoch_{trainer.current_epoch:04d}"
         self.last = {}
         images = {}
         for nfe in self.nfe_list:
@@ -172,7 +174,7 @@ class SampleCollector(pl.Callback):
 class ObjectiveTracker(pl.Callback):
     """Keeps the best value of the sweep objective (`key`, minimised or maximised) seen at validation ends."""
 
-    def __init__(self, key: str = "val/feat3d_fd/nfe1", mode: str = "min"):
+    def __init__(self, key: str = DEFAULT_OBJECTIVE, mode: str = "min"):
         if mode not in ("min", "max"):
             raise ValueError(f"objective_mode={mode!r}: expected min or max")
         self.key, self.mode = key, mode

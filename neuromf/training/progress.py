@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 
-from neuromf.tracking.run import write_json_atomic
+from neuromf.tracking.run import write_redacted_json
+from neuromf.tracking.run_dir import RunDir
 
 
 class ProgressFile(pl.Callback):
@@ -22,7 +22,7 @@ class ProgressFile(pl.Callback):
     """
 
     def __init__(self, run_dir: str, every_s: float = 5.0):
-        self.path, self.every_s = Path(run_dir) / "progress.json", every_s
+        self.path, self.every_s = RunDir(run_dir).progress, every_s
         self._t0 = self._last = None
         self._step0 = 0
 
@@ -36,7 +36,7 @@ class ProgressFile(pl.Callback):
         done = step - self._step0
         eta = elapsed / done * (total - step) if total and done > 0 else None
         raw = pl_module.last_diagnostics.get("loss_u", pl_module.last_diagnostics.get("loss_raw"))
-        write_json_atomic(
+        write_redacted_json(
             self.path,
             {
                 "state": state,

@@ -1,0 +1,81 @@
+"""The files of a run dir, named in one place: `neuromf.train` writes them; the sweep summary and progress, the
+report, the dashboards and the lock read them.
+
+    <run_dir>/status.json       status, reason, objective, steps (neuromf/tracking/run.py)
+    <run_dir>/progress.json     step, loss, time left while training (neuromf/training/progress.py)
+    <run_dir>/metrics.csv       every logged value (neuromf/tracking/csv_logger.py)
+    <run_dir>/.hydra/           config.yaml, hydra.yaml, overrides.yaml (what the run was trained with)
+    <run_dir>/checkpoints/      last.ckpt (+ last.prev.ckpt), best-*.ckpt
+    <run_dir>/samples/          epoch_NNNN/ sample latents and previews (SampleCollector)
+    <run_dir>/eval/             summary.json of the evaluation (EvaluationCallback)
+    <run_dir>/wandb_id.txt      the W&B run id, kept over requeues
+    <run_dir>/.lock             one writer per run dir (neuromf/tracking/lock.py)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run dir; each property is the path of one of its files or folders (nothing is created)."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def progress(self) -> Path:
+        return self.path / "progress.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def hydra(self) -> Path:
+        return self.path / ".hydra"
+
+    @property
+    def config(self) -> Path:
+        return self.hydra / "config.yaml"
+
+    @property
+    def overrides(self) -> Path:
+        return self.hydra / "overrides.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def eval_summary(self) -> Path:
+        return self.eval / "summary.json"
+
+    @property
+    def wandb_id(self) -> Path:
+        return self.path / "wandb_id.txt"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".lock"
