@@ -99,7 +99,8 @@ def compose(overrides: list[str]) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR):
         cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-        sweeper = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}, resolve=False)
+        params = cfg.hydra.sweeper.get("params")  # None without a sweep
+        sweeper = OmegaConf.to_container(params, resolve=False) if OmegaConf.is_config(params) else {}
         resolved = {
             k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
             for k in cfg

@@ -164,3 +164,69 @@ def test_warm_start_schedules():
     h = torch.tensor([0.0, 0.5, 1.0])
     torch.testing.assert_close(obj.gap_weight(h, 30), torch.tensor([1.0, 0.25, 0.0]))
     assert obj.gap_weight(h, 60) is None
+
+
+def test_report_compares_a_term_only_where_it_measures_the_same_quantity(tmp_path):
+    """meanflow (tangent v, 75 % r = t) vs imf (tangent v_hat, 50 %): loss_u is not the same quantity (a perfect
+    model scores differently under each), so the report leaves it out and says why; u vs x prediction: compared."""
+    import yaml
+    from test_report_sweep import make_run
+
+    from neuromf.report import build_report, incomparable_terms
+    from neuromf.tracking.metrics import load_sweep
+
+    loss = {"_target_": "neuromf.meanflow.MeanFlowObjective", "time_sampler": {"data_proportion": 0.75}}
+    arms = {"u": (False, 0.75), "x": (True, 0.5)}
+    for job, (pred, (v_head, dp)) in enumerate(arms.items()):
+        run = tmp_path / "s" / str(job)
+        make_run(run, pred, 0, 0.1 + job)
+        cfg = {"seed": 0, "model": {"use_v_head": v_head}, "loss": loss | {"time_sampler": {"data_proportion": dp}}}
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "s" / "multirun.yaml").write_text("{}\n")
+    why = incomparable_terms(load_sweep(tmp_path / "s"))
+    assert set(why) == {"train/loss_u"}
+    assert "the tangent (v-head v_hat or conditional v)" in why["train/loss_u"]
+    assert "loss.time_sampler.data_proportion" in why["train/loss_u"]
+    build_report([tmp_path / "s"])
+    md = (tmp_path / "s" / "report" / "report.md").read_text()
+    assert "⚠ `train/loss_u` is not compared across these arms" in md
+    assert not any(line.startswith("| final train/loss_u") for line in md.splitlines())
+    # the same objective with another prediction type: the same quantity, compared
+    for job in (0, 1):
+        cfg = {"seed": 0, "model": {"use_v_head": True}, "loss": loss}
+        (tmp_path / "s" / str(job) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert incomparable_terms(load_sweep(tmp_path / "s")) == {}
+
+
+@pytest.mark.parametrize(
+    "loss, terms, sampler",
+    [
+        ("imf", ["loss_u", "loss_v"], "average"),
+        ("meanflow", ["loss_u"], "average"),
+        ("fm", ["loss_fm"], "instantaneous"),
+        ("alphaflow", ["loss_u", "loss_v"], "average"),
+        ("splitmeanflow", ["loss_u", "loss_v"], "average"),
+        ("fm_warmstart", ["loss_u", "loss_v"], "average"),
+        ("imf_schedule", ["loss_u", "loss_v"], "average"),
+    ],
+)
+def test_each_loss_choice_declares_its_terms_keys_and_sampler(loss, terms, sampler):
+    from neuromf.dashboards import compose
+    from neuromf.meanflow import sampler_of
+    from neuromf.tracking.keys import expected_keys
+    from neuromf.training.module import MeanFlowModule
+
+    cfg = compose([f"loss={loss}"])
+    keys = expected_keys(cfg)
+    assert keys["train"][2 : 2 + len(terms)] == [f"train/{t}" for t in terms]
+    assert keys["val"][1 : 1 + len(terms)] == [f"val/{t}" for t in terms]
+    assert sampler_of(cfg["loss"]) == sampler
+    module = MeanFlowModule(model=cfg["model"], loss=cfg["loss"], optim=cfg["optim"])
+    assert module.sampler == sampler and list(module.loss_terms) == terms
+    module.double()
+    x = torch.randn(2, 1, 16, 16, 16)
+    diag = {}  # at the start and the end of the schedules (AlphaFlow logs the JVP terms only once alpha = 0)
+    for step in (0, 10**6):
+        diag |= module.objective(module.net, x, generator=torch.Generator().manual_seed(0), step=step)[1]
+    logged = {f"train/{k}" for k in diag} | {"train/jvp_t_norm", "train/jvp_z_norm"}  # the callback adds those two
+    assert set(terms) <= set(diag) and set(keys["diagnostics"]) <= logged
