@@ -163,7 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.strategies is None:
-        args.strategies = "fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow" if args.cost else "fm,meanflow,imf,jvp_only"
+        cost_default = "fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow"
+        args.strategies = cost_default if args.cost else "fm,meanflow,imf,jvp_only"
     if args.cost and "--batch" not in (argv if argv is not None else sys.argv[1:]):
         args.batch = 1
     args.argv = list(sys.argv[1:] if argv is None else argv)

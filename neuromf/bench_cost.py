@@ -1,8 +1,10 @@
 """GPU-free cost model of one training step (`python -m neuromf.bench --cost`): FLOPs and saved activation bytes per
-sample for every objective (FM, MeanFlow / iMF x JVP strategy, AlphaFlow at 0 < alpha < 1, SplitMeanFlow), and the largest per-device batch that fits a 40 / 80 GB GPU.
+sample for every objective (FM, MeanFlow / iMF x JVP strategy, AlphaFlow at 0 < alpha < 1, SplitMeanFlow; the
+last two on the network without a v-head), and the largest per-device batch that fits a 40 / 80 GB GPU.
 
     python -m neuromf.bench --cost --preset cpu-small|maisi [--batch 1] [--jvp exact,fd,exact_fused]
-        [--strategies fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow] [--bf16-size 16] [--out benchmarks/cost_<preset>.json]
+        [--strategies fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow] [--bf16-size 16]
+        [--out benchmarks/cost_<preset>.json]
 
 Counting (real compute on the CPU, float32, `--batch` samples, default 1; FLOPs and saved bytes are linear in the
 batch): one step = the real objective (neuromf.meanflow on `MeanFlowUNet`; FM = |u(z_t, t, t) - v|^2) + backward,
