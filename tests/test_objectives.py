@@ -46,8 +46,9 @@ UNBIASED = {  # norm_p = 0: the adaptive weight would bias the expected gradient
     "imf": (MeanFlowObjective(norm_p=0.0, time_sampler=SAMPLER), True),
     "splitmeanflow": (SplitMeanFlowObjective(norm_p=0.0, time_sampler=SAMPLER), False),
     "imf_schedule": (
-        WarmStartObjective(norm_p=0.0, time_sampler=SAMPLER, fm_steps=10, ramp_steps=10, gap_gamma=4.0,
-                           gap_anneal_steps=100),  # fmt: skip
+        WarmStartObjective(
+            norm_p=0.0, time_sampler=SAMPLER, fm_steps=10, ramp_steps=10, gap_gamma=4.0, gap_anneal_steps=100
+        ),  # fmt: skip
         True,
     ),
     "alphaflow@alpha=0": (AlphaFlowObjective(norm_p=0.0, time_sampler=SAMPLER, anneal_end=10), True),

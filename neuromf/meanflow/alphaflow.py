@@ -53,9 +53,7 @@ class AlphaFlowObjective(MeanFlowObjective):
         if self.schedule not in ALPHA_SCHEDULES:
             raise ValueError(f"loss.schedule={self.schedule!r}: expected one of {ALPHA_SCHEDULES}")
         if self.anneal_end <= self.anneal_start:
-            raise ValueError(
-                f"loss.anneal_end={self.anneal_end} must exceed loss.anneal_start={self.anneal_start}"
-            )
+            raise ValueError(f"loss.anneal_end={self.anneal_end} must exceed loss.anneal_start={self.anneal_start}")
 
     @classmethod
     def diagnostics(cls, cfg: dict) -> tuple[str, ...]:
