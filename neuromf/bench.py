@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--strategies",
         default=None,
-        help="default fm,meanflow,imf,jvp_only (with --cost: fm,meanflow,imf,imf_separate)",
+        help="default fm,meanflow,imf,jvp_only (with --cost: fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow)",
     )
     p.add_argument("--jvp", default="exact,fd,exact_fused")
     p.add_argument(
@@ -163,7 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.strategies is None:
-        args.strategies = "fm,meanflow,imf,imf_separate" if args.cost else "fm,meanflow,imf,jvp_only"
+        cost_default = "fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow"
+        args.strategies = cost_default if args.cost else "fm,meanflow,imf,jvp_only"
     if args.cost and "--batch" not in (argv if argv is not None else sys.argv[1:]):
         args.batch = 1
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -172,8 +173,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dtype = args.dtype or preset["dtype"]
     args.strategies, args.jvp = _csv(args.strategies), _csv(args.jvp)
     for s in args.strategies:
-        if s not in STRATEGIES:
-            p.error(f"--strategies: {s!r} is not one of {STRATEGIES}")
+        allowed = (*STRATEGIES, "alphaflow", "splitmeanflow") if args.cost else STRATEGIES  # cost rows: every objective
+        if s not in allowed:
+            p.error(f"--strategies: {s!r} is not one of {allowed}")
     for j in args.jvp:
         if j not in JVP_STRATEGIES:
             p.error(f"--jvp: {j!r} is not one of {JVP_STRATEGIES}")

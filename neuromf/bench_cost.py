@@ -1,11 +1,13 @@
 """GPU-free cost model of one training step (`python -m neuromf.bench --cost`): FLOPs and saved activation bytes per
-sample for FM / MeanFlow / iMF x JVP strategy, and the largest per-device batch that fits a 40 / 80 GB GPU.
+sample for every objective (FM, MeanFlow / iMF x JVP strategy, AlphaFlow at 0 < alpha < 1, SplitMeanFlow; the
+last two on the network without a v-head), and the largest per-device batch that fits a 40 / 80 GB GPU.
 
     python -m neuromf.bench --cost --preset cpu-small|maisi [--batch 1] [--jvp exact,fd,exact_fused]
-        [--strategies fm,meanflow,imf,imf_separate] [--bf16-size 16] [--out benchmarks/cost_<preset>.json]
+        [--strategies fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow] [--bf16-size 16]
+        [--out benchmarks/cost_<preset>.json]
 
 Counting (real compute on the CPU, float32, `--batch` samples, default 1; FLOPs and saved bytes are linear in the
-batch): one step = the real objective (`MeanFlowObjective` on `MeanFlowUNet`; FM = |u(z_t, t, t) - v|^2) + backward,
+batch): one step = the real objective (neuromf.meanflow on `MeanFlowUNet`; FM = |u(z_t, t, t) - v|^2) + backward,
 run once under `torch.utils.flop_counter.FlopCounterMode` (matmul/conv/attention FLOPs, forward-mode tangent ops
 included; elementwise ops are not counted) and the autograd saved-tensor hooks of `neuromf.bench` (distinct storages
 saved for backward, the parameters themselves excluded: they are counted once in the fixed memory below).
@@ -45,10 +47,12 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
-from neuromf.meanflow import MeanFlowObjective
+from neuromf.meanflow import AlphaFlowObjective, MeanFlowObjective, SplitMeanFlowObjective
 from neuromf.models import MeanFlowUNet
 
-COST_KINDS = ("fm", "meanflow", "imf", "imf_separate")
+# one row per objective (fm_warmstart / imf_schedule cost as meanflow / imf: schedules only)
+COST_KINDS = ("fm", "meanflow", "imf", "imf_separate", "alphaflow", "splitmeanflow")
+NO_JVP_KINDS = ("alphaflow", "splitmeanflow")  # JVP-free targets: one row each, no JVP strategy
 GPUS_GIB = {"40GB": 40536 / 1024, "80GB": 81251 / 1024}  # total memory nvidia-smi reports for A100 40 / 80 GB
 USABLE_FRACTION, RESERVED_GIB = 0.92, 1.0
 OPTIMIZER_BYTES_PER_PARAM = {"weights": 4, "grads": 4, "adamw": 8, "ema": 4}
@@ -216,10 +220,16 @@ def _build(cfg: dict, v_head: bool, seed: int) -> MeanFlowUNet:
 
 
 def _forward(kind: str, jvp: str | None, model, x, eps, r, t):
-    if kind == "fm":
+    if kind == "fm":  # FlowMatchingObjective at norm_p = 0 is this mean |u(z_t, t, t) - v|^2
         tb = t.view(-1, 1, 1, 1, 1)
         z = (1 - tb) * x + tb * eps
         return lambda: F.mse_loss(model(z, t, t).float(), eps - x)
+    if kind == "alphaflow":  # alpha in (0, 1): the discrete target, one no-grad forward
+        obj = AlphaFlowObjective(alpha_start=0.5, alpha_end=0.5, clamp=0.0)
+        return lambda: obj(model, x, eps=eps, r=r, t=t)[0]
+    if kind == "splitmeanflow":  # two no-grad forwards
+        obj = SplitMeanFlowObjective()
+        return lambda: obj(model, x, eps=eps, r=r, t=t)[0]
     obj = MeanFlowObjective(jvp=jvp, imf_v_loss="separate" if kind == "imf_separate" else "shared")
     return lambda: obj(model, x, eps=eps, r=r, t=t)[0]
 
@@ -227,7 +237,9 @@ def _forward(kind: str, jvp: str | None, model, x, eps, r, t):
 def cases_for(kinds: list[str], jvps: list[str]) -> list[tuple[str, str, str | None]]:
     out = [("fm", "fm", None)]
     for kind in kinds:
-        if kind != "fm":
+        if kind in NO_JVP_KINDS:
+            out.append((kind, kind, None))
+        elif kind != "fm":
             out += [(f"{kind}/{j}", kind, j) for j in jvps]
     return out
 

@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
 from neuromf.io_atomic import write_text_atomic
+from neuromf.meanflow.contract import JVP_PARTS, all_diagnostics, all_terms
 from neuromf.tracking.keys import LEGACY_ALIASES, STEP_KEY, all_expected, metric_base, metric_direction, summary_name
 from neuromf.tracking.metrics import REPLICATE_KEYS
 from neuromf.tracking.run import flat_config
@@ -42,20 +43,26 @@ X_AXIS = STEP_KEY
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 DERIVED_KEYS = ("tag",)  # run-dir name parts interpolated from other keys: never an arm key of their own
 
-# (section, [(panel title, candidate keys)]): a panel keeps the candidates the sweep's configs will log.
+# (section, [(panel title, candidate keys)]): a panel keeps the candidates the sweep's configs will log. The loss
+# terms and diagnostics are every objective's (neuromf/meanflow/contract.py): each arm logs its objective's own.
+_TERMS = all_terms()
+_OBJECTIVE_DIAGNOSTICS = [k for k in all_diagnostics() if k not in ("jvp_norm", *JVP_PARTS, "cos_V_v", "cos_vhat_v")]
+_TITLES = {"fm_fraction": "flow-matching fraction", "alpha": "AlphaFlow alpha", "fm_share": "r = t share (schedule)",
+           "gap_gamma": "gap-weight exponent (schedule)"}  # fmt: skip
 SECTIONS: dict[str, list[tuple[str, list[str]]]] = {
     "losses": [
-        ("loss terms: loss_u (all arms)", ["train/loss_u"]),
-        ("loss terms: loss_v (v-head arms)", ["train/loss_v"]),
-        ("optimised loss (loss_u + loss_v with a v-head)", ["train/loss", "train/loss_raw"]),
+        *((f"loss term: {term}", [f"train/{term}"]) for term in _TERMS),
+        ("optimised loss (the sum of the arm's terms)", ["train/loss", "train/loss_raw"]),
         ("loss_u on flow-matching / MeanFlow pairs", ["train/loss_u_fm", "train/loss_u_mf"]),
-        ("validation loss terms", ["val/loss_u", "val/loss_v"]),
+        ("validation loss terms", [f"val/{term}" for term in _TERMS]),
         ("validation loss (sum of the arm's terms)", ["val/loss_raw"]),
     ],
     "JVP": [
-        ("JVP norm", ["train/jvp_norm", "train/jvp_t_norm", "train/jvp_z_norm"]),
+        ("JVP norm", ["train/jvp_norm", *(f"train/{k}" for k in JVP_PARTS)]),
         ("cosines", ["train/cos_V_v", "train/cos_vhat_v"]),
-        ("flow-matching fraction", ["train/fm_fraction"]),
+    ],
+    "objective schedules": [
+        (_TITLES.get(key, key), [f"train/{key}"]) for key in _OBJECTIVE_DIAGNOSTICS if not key.startswith("loss_u_")
     ],
     "throughput / memory": [
         ("samples/s", ["train/samples_per_s"]),
@@ -93,7 +100,8 @@ def compose(overrides: list[str]) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR):
         cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-        sweeper = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}, resolve=False)
+        params = cfg.hydra.sweeper.get("params")  # None without a sweep
+        sweeper = OmegaConf.to_container(params, resolve=False) if OmegaConf.is_config(params) else {}
         resolved = {
             k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
             for k in cfg
@@ -292,7 +300,8 @@ def ablation_report(
             ],
         ),
     ]
-    lines = [_line(k, [k]) for k in ("train/loss_u", "train/loss_v", "val/loss_u", "val/loss_v") if k in keys]
+    terms = [f"{split}/{term}" for split in ("train", "val") for term in _TERMS]
+    lines = [_line(k, [k]) for k in terms if k in keys]
     lines += [_line(objective, [objective])] if objective in keys else []
     lines += _eval_panels(keys) + _ref_panels(keys)
     for i, p in enumerate(lines):

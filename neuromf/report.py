@@ -31,6 +31,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from neuromf.meanflow.contract import all_terms, objective_class
 from neuromf.tracking.keys import metric_base, metric_direction
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, REPLICATE_KEYS, RunRecord, device_count, load_sweep
 from neuromf.tracking.redact import MASK, redact_text
@@ -38,8 +39,9 @@ from neuromf.tracking.run import flat_config, git_state
 from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
-# Loss terms compared per term (never train/loss_raw: it is loss_u + loss_v with a v-head, loss_u without).
-LOSS_TERMS = [("final", "train/loss_u"), ("final", "train/loss_v"), ("best", "val/loss_u"), ("best", "val/loss_v")]
+# Loss terms compared per term (never train/loss_raw: it is the sum of an arm's terms), every objective's
+# (neuromf/meanflow/contract.py), and across arms only where the term measures the same quantity there.
+LOSS_TERMS = [("final", f"train/{t}") for t in all_terms()] + [("best", f"val/{t}") for t in all_terms()]
 CONFIDENCE = 0.95  # of every interval in the report (Student t: valid at the 3 seeds an arm usually has)
 NO_STATS = "n = 1: no statistics"
 _EVAL_KEY = re.compile(r"^val/(?!loss)[^/]+(/nfe\d+)?$")
@@ -137,6 +139,34 @@ def metric_columns(records: list[RunRecord]) -> list[tuple[str, str]]:
     cols = [(agg, k) for agg, k in LOSS_TERMS if k in logged]
     evals = sorted((k for k in logged if _EVAL_KEY.match(k) and k != "val/eval_time_s"), key=_sort_key)
     return cols + [("best" if metric_direction(k) else "final", k) for k in evals]
+
+
+def _quantity(config: dict, term: str) -> dict | None:
+    """What ``term`` measures in a run of ``config`` (the objective's `quantity`), None when unknown."""
+    if not config:
+        return None
+    try:
+        return json.loads(objective_class(config.get("loss")).quantity(config, term))
+    except (ValueError, ImportError, TypeError, AttributeError):
+        return None
+
+
+def incomparable_terms(records: list[RunRecord]) -> dict[str, str]:
+    """Loss keys (``train/loss_u``, ...) that measure different quantities in different runs -> why (the settings
+    that differ). A term's value depends on the objective, the tangent / head, the time sampler and the distance:
+    e.g. on an exact Gaussian flow a perfect model's loss_u is lower with an exact v-head tangent than with the
+    conditional v, so such values rank the objectives' noise, not the models. Runs without a config are skipped."""
+    out = {}
+    for _, key in LOSS_TERMS:
+        term = key.split("/", 1)[1]
+        found = [q for r in records if key in r.final and (q := _quantity(r.config, term)) is not None]
+        if len({json.dumps(q, sort_keys=True) for q in found}) < 2:
+            continue
+        flats = [flat_config(q) for q in found]
+        differ = sorted(k for k in {k for f in flats for k in f} if len({json.dumps(f.get(k)) for f in flats}) > 1)
+        names = {"objective": "the objective", "v_head": "the tangent (v-head v_hat or conditional v)"}
+        out[key] = ", ".join(names.get(k, k) for k in differ)
+    return out
 
 
 # ------------------------------------------------------------------------------------- config diff
@@ -1140,13 +1170,28 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
     blocks.append(
         (
             "p",
-            "train/loss_raw and val/loss_raw are not compared: with a v-head they are loss_u + loss_v, without one "
-            "loss_u alone. loss_u is compared for every arm, loss_v where the arm has a v-head (— otherwise).",
+            "train/loss_raw and val/loss_raw are not compared: they are the sum of each arm's own loss terms. A term "
+            "is compared across arms only where it measures the same quantity in each (same objective, tangent, "
+            "time sampler and distance; — where an arm does not log it).",
         )
     )
     loss = metric_summary(arms_df, refs, ("final train/loss", "best val/loss"))
+    skipped = incomparable_terms(records)
+    if len(loss) and skipped:
+        loss = loss[[i.split(" ")[1] not in skipped for i in loss.index]]
+    for key, why in skipped.items():
+        blocks.append(
+            (
+                "p",
+                f"⚠ `{key}` is not compared across these arms: it measures a different quantity in them "
+                f"({why} differ), so a perfect model scores differently under each; compare the evaluation "
+                "metrics instead.",
+            )
+        )
     if len(loss):
         blocks.append(("table", loss, True))
+    elif skipped:
+        blocks.append(("p", "No loss term measures the same quantity in every arm: no loss comparison."))
     else:
         blocks.append(("p", "No run logged per-term losses (train/loss_u): older runs; no loss comparison."))
     evals = metric_summary(arms_df, refs, ("best val/", "final val/"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from neuromf.instantiate import build
-from neuromf.meanflow import noise_like, sample
+from neuromf.meanflow import noise_like, sample, sampler_of
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 
@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:  # the sampler the checkpoint's objective trained its network for (flow matching: Euler on u(z, t, t))
+        sampler = sampler_of(hparams.get("loss"))
+    except (ValueError, ImportError) as err:
+        print(f"error: {args.checkpoint}: hyper-parameter loss: {err}", file=sys.stderr)
+        return 2
     from neuromf.data.datamodule import datamodule_from_config
 
     data = dict(hparams.get("data") or {"_target_": "neuromf.data.LatentDataModule"})
@@ -97,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"cli_nfe{args.nfe}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     eps = noise_like((args.n, *dm.latent_shape), args.seed, device=args.device)
-    z = sample(net, eps, nfe=args.nfe).float().cpu()
+    z = sample(net, eps, nfe=args.nfe, sampler=sampler).float().cpu()
     torch.save(z, out / "samples.pt")
     for i in range(args.n):
         dm.save_sample(z[i], out / f"sample_{i:02d}")
     print(
-        f"wrote {args.n} samples (nfe={args.nfe}, seed={args.seed}, {'EMA' if not args.no_ema else 'trained'} "
-        f"weights) to {out}"
+        f"wrote {args.n} samples (nfe={args.nfe}, {sampler} sampler, seed={args.seed}, "
+        f"{'EMA' if not args.no_ema else 'trained'} weights) to {out}"
     )
     return 0
 

@@ -65,3 +65,20 @@ class GaussianFlow(nn.Module):
         m_t, sig_t = self._stats(t)
         dsig = ((1 - t) * (-(self.s**2)) + t) / sig_t
         return -self.mu + self._b(dsig / sig_t, z) * (z - self._b(m_t, z))
+
+
+class PerturbedGaussianFlow(GaussianFlow):
+    """GaussianFlow's exact u plus `delta` z (a trainable scalar): delta = 0 is the exact average velocity.
+
+    r = t gives the limit u(z, t, t) = v(z, t) (the marginal instantaneous velocity), also with delta z added.
+    """
+
+    def __init__(self, mu: float, s: float, use_v_head: bool = False, delta: float = 0.0):
+        super().__init__(mu, s, use_v_head)
+        self.delta = nn.Parameter(torch.tensor(float(delta)))
+
+    def forward(self, z: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        same = t == r
+        exact = super().forward(z, torch.where(same, t / 2, r), t)  # finite on both branches
+        exact = torch.where(self._b(same, z), self.v(z, t), exact)
+        return exact + self.delta * z

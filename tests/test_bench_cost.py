@@ -33,6 +33,36 @@ def test_imf_and_meanflow_ratios_meet_the_targets(cost):
         assert 0.6 < extra < 0.7, (j, extra)  # + v-head pass with graph (3 F) - its no-grad pass (1 F): 2/3 of FM
 
 
+# batch 2, cpu-small: (FLOPs, saved bytes) of one step per objective. torch.utils.flop_counter counts are
+# deterministic: pinned, so any change of an objective's passes shows here (saved bytes per torch version).
+COUNTS = {
+    "fm": (2043218944, 29528768),
+    "meanflow/exact": (4089978880, 29528784),
+    "meanflow/fd": (2725472256, 29528784),
+    "meanflow/exact_fused": (2591254528, 12227280),
+    "imf/exact": (4782849024, 30118688),
+    "imf/fd": (3418342400, 30118688),
+    "imf/exact_fused": (3284124672, 12817184),
+    "imf_separate/exact": (6133197824, 59024800),
+    "imf_separate/fd": (4768691200, 59024800),
+    "imf_separate/exact_fused": (4634473472, 41723296),
+    "alphaflow": (2725472256, 29528784),
+    "splitmeanflow": (3407725568, 29528784),
+}
+
+
+def test_every_objective_has_a_row_with_its_pinned_counts(cost):
+    assert set(cost) == set(COUNTS)
+    for case, (flops, saved) in COUNTS.items():
+        assert (round(2 * cost[case]["flops"]), round(2 * cost[case]["saved_bytes"])) == (flops, saved), case
+    # known answers: AlphaFlow (0 < alpha < 1) = FM + one no-grad forward (as meanflow/fd's shifted point),
+    # SplitMeanFlow = FM + two no-grad forwards; neither keeps more activations than FM
+    forward = cost["alphaflow"]["flops"] - cost["fm"]["flops"]
+    assert cost["alphaflow"]["flops"] == cost["meanflow/fd"]["flops"]
+    assert cost["splitmeanflow"]["flops"] - cost["fm"]["flops"] == 2 * forward
+    assert cost["alphaflow"]["saved_ratio_to_fm"] < 1.001 and cost["splitmeanflow"]["saved_ratio_to_fm"] < 1.001
+
+
 def test_fm_counts_and_fit(cost):
     fm = cost["fm"]
     assert fm["flops_ratio_to_fm"] == 1.0 and 2.0e9 < 2 * fm["flops"] < 2.1e9  # 2.04 GFLOP at batch 2

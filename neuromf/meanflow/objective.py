@@ -15,18 +15,23 @@
   per-sample distance d = sum_c lambda_c mean_voxels(|Delta_c|^p) / sum_c lambda_c
   adaptive weight w = 1 / sg(d + norm_eps)^norm_p,  loss = mean_b(w d)  (one weight per term)
 Shapes: x, eps, z_t, u, v (B, C, D, H, W); r, t, h (B,).
+
+MeanFlow: Geng et al., "Mean Flows for One-step Generative Modeling", arXiv 2505.13447 (official code
+github.com/Gsunshine/meanflow, PyTorch port github.com/Gsunshine/py-meanflow); iMF: improved MeanFlow
+(github.com/Lyy-iiis/imeanflow, imf.py). Sampler: average-velocity jumps u(z_t, r, t).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neuromf.meanflow.contract import JVP_PARTS, Objective, per_channel_distance  # noqa: F401 (re-exported)
 from neuromf.meanflow.jvp import JVP_STRATEGIES, check_jvp_strategy, time_derivative
 from neuromf.meanflow.time_sampling import TimeSampler
 
@@ -43,25 +48,19 @@ def _bcast(s: Tensor, like: Tensor) -> Tensor:
     return s.view(-1, *([1] * (like.ndim - 1)))
 
 
-def per_channel_distance(delta: Tensor, p: float, mask: Tensor | None = None) -> Tensor:
-    """Per-sample, per-channel mean of |delta|^p over voxels (masked mean when `mask` (B,1,...) is given): (B, C)."""
-    err = _upcast(delta).abs().pow(p)
-    if mask is None:
-        return err.flatten(2).mean(-1)
-    mask = mask.to(err.dtype).expand_as(err)
-    return (err * mask).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1.0)
-
-
 def _cosine(a: Tensor, b: Tensor) -> Tensor:
     return F.cosine_similarity(_upcast(a).flatten(1), _upcast(b).flatten(1), dim=1).mean()
 
 
 @dataclass
-class MeanFlowObjective:
+class MeanFlowObjective(Objective):
     """Builds z_t, takes du/dt and returns (loss, raw loss, diagnostics) for MeanFlow or iMF.
 
     `use_v_head` comes from the network: with a v-head the objective is iMF, without it plain MeanFlow.
     """
+
+    name: ClassVar[str] = "meanflow"
+    sampler: ClassVar[str] = "average"
 
     jvp: Literal["exact", "fd", "exact_fused"] = "exact"
     fd_step: float = 1e-4
@@ -90,21 +89,18 @@ class MeanFlowObjective:
         """Refuse combinations that cannot train well (raises ValueError naming the keys)."""
         check_jvp_strategy(model.prediction_type, self.jvp)
 
-    def adaptive_loss(self, delta: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Adaptively weighted loss of one term. Returns (weighted loss (), per-sample d (B,), per-channel (B, C))."""
-        per_ch = per_channel_distance(delta, self.p, mask)
-        lam = (
-            torch.ones(per_ch.shape[1], device=per_ch.device)
-            if self.channel_weights is None
-            else (torch.as_tensor(self.channel_weights, dtype=per_ch.dtype, device=per_ch.device))
-        )
-        if lam.numel() != per_ch.shape[1]:
-            raise ValueError(
-                f"loss.channel_weights has {lam.numel()} entries but latents have {per_ch.shape[1]} channels"
-            )
-        d = (per_ch * lam).sum(1) / lam.sum()
-        w = 1.0 / (d.detach() + self.norm_eps).pow(self.norm_p)
-        return (w * d).mean(), d, per_ch
+    def draw_times(self, b: int, device, generator, step: int) -> tuple[Tensor, Tensor]:
+        """(r, t), each (B,), from the time sampler (schedules of subclasses change it with the step)."""
+        return self.time_sampler(b, device, generator)
+
+    def gap_weight(self, h: Tensor, step: int) -> Tensor | None:
+        """Per-sample weight (B,) of loss_u by the gap h = t - r; None: every sample weighs 1."""
+        return None
+
+    @classmethod
+    def diagnostics(cls, cfg: dict) -> tuple[str, ...]:
+        keys = ("jvp_norm", *JVP_PARTS, "cos_V_v", "fm_fraction", "loss_u_fm", "loss_u_mf")
+        return (*keys, "cos_vhat_v") if cls.use_v_head(cfg) else keys
 
     def __call__(
         self,
@@ -115,13 +111,16 @@ class MeanFlowObjective:
         t: Tensor | None = None,
         mask: Tensor | None = None,
         generator: torch.Generator | None = None,
+        step: int = 0,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """One training objective evaluation. Returns (loss to backprop, diagnostics with detached scalars)."""
+        """One training objective evaluation. Returns (loss to backprop, diagnostics with detached scalars).
+
+        step: the global training step (unused here; schedules of subclasses read it)."""
         b = x.shape[0]
         if eps is None:
             eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if r is None or t is None:
-            r, t = self.time_sampler(b, x.device, generator)
+            r, t = self.draw_times(b, x.device, generator, step)
         r, t = r.to(x.dtype), t.to(x.dtype)
         h = t - r
         z_t = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
@@ -147,7 +146,7 @@ class MeanFlowObjective:
         self.last_point = {"z_t": z_t.detach(), "r": r.detach(), "t": t.detach(), "v_tilde": v_tilde.detach()}
         u_tgt = (v - _bcast(h, x) * du_dt).detach()  # sg(v - h du/dt)
         delta_u = u - u_tgt  # == V - v with V = u + h sg(du/dt)
-        loss_u, d_u, per_ch = self.adaptive_loss(delta_u, mask)
+        loss_u, d_u, per_ch = self.adaptive_loss(delta_u, mask, weight=self.gap_weight(h, step))
         loss, raw = loss_u, d_u
         diag: dict[str, Tensor] = {}
         if imf:

@@ -1,7 +1,8 @@
 """Hydra callback printing each arm's progress while a multirun trains (read from <run dir>/progress.json).
 
 Runs in the launching process: a thread polls the sweep dir every `every_s` seconds and prints one line per arm
-that changed (step/total, u-loss, time left), so `python -m neuromf.train -m ...` is not silent for minutes.
+that changed (step/total, the objective's headline loss term, time left), so `python -m neuromf.train -m ...` is
+not silent for minutes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def progress_lines(sweep_dir: Path, arms: dict[str, str] | None = None) -> dict[
         job = path.parent.name
         label = arms.get(job, "")
         total = f"/{p['total_steps']}" if p.get("total_steps") else ""
-        loss = f"  loss_u {p['loss_u']:.3g}" if p.get("loss_u") is not None else ""
+        term = str(p.get("loss_term") or "loss_u")  # the objective's headline term (older runs: loss_u)
+        loss = f"  {term} {p[term]:.3g}" if isinstance(p.get(term), (int, float)) else ""
         left = "done" if p["state"] == "finished" else f"{_fmt_time(p.get('eta_s'))} left"
         lines[job] = redact_text(f"[arm {job}: {label}] {p['state']} step {p['step']}{total}{loss}  {left}")
     return lines

@@ -77,18 +77,20 @@ def eval_metrics(cfg: dict[str, Any]) -> list[str]:
 def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """Keys one run of the resolved config ``cfg`` (a plain dict) logs, by section.
 
-    Memory only on GPU; ``train/loss_v`` only with a v-head; FID only with ``eval.fid_weights``; eval metrics
+    The loss terms and diagnostics are the objective's (``loss._target_``, neuromf/meanflow/contract.py): e.g.
+    ``train/loss_v`` only with a v-head. Memory only on GPU; FID only with ``eval.fid_weights``; eval metrics
     per step count ``eval.nfe_list``; reference levels when ``eval.reference_levels``; samples per NFE."""
-    imf = bool(_get(cfg, "model.use_v_head", False))
+    from neuromf.meanflow.contract import objective_class
+
+    objective = objective_class(_get(cfg, "loss"))
+    terms = objective.terms(cfg)
     channels = int(_get(cfg, "model.in_channels", 1) or 1)
     gpu = _get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")
-    train = ["train/loss", "train/loss_raw", "train/loss_u", *(["train/loss_v"] if imf else [])]
+    train = ["train/loss", "train/loss_raw", *(f"train/{term}" for term in terms)]
     train += [f"train/loss_ch{c}" for c in range(channels)]
-    diag = ["train/jvp_norm", "train/jvp_t_norm", "train/jvp_z_norm", "train/cos_V_v", "train/fm_fraction"]
-    diag += ["train/loss_u_fm", "train/loss_u_mf"]
-    diag += ["train/cos_vhat_v"] if imf else []
+    diag = [f"train/{k}" for k in objective.diagnostics(cfg)]
     system = ["train/samples_per_s", *(["train/peak_mem_gb"] if gpu else []), "lr-AdamW"]
-    val = ["val/loss_raw", "val/loss_u", *(["val/loss_v"] if imf else [])]
+    val = ["val/loss_raw", *(f"val/{term}" for term in terms)]
     ev = _get(cfg, "eval", {}) or {}
     metrics = eval_metrics(cfg)
     nfes = [int(n) for n in ev.get("nfe_list", [])] if metrics else []

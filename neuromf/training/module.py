@@ -1,4 +1,4 @@
-"""MeanFlowModule: the Lightning module that trains a MeanFlowUNet with the MeanFlow / iMF objective."""
+"""MeanFlowModule: the Lightning module that trains a MeanFlowUNet with one objective of neuromf.meanflow."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from neuromf.data.masking import random_spatial_mask
 from neuromf.instantiate import build
-from neuromf.meanflow import MeanFlowObjective, sample
+from neuromf.meanflow import Objective, sample
 from neuromf.training.ema import EMA
 from neuromf.training.optim import build_optimizer, build_scheduler
 
@@ -23,8 +23,10 @@ def _plain(cfg: Any) -> Any:
 class MeanFlowModule(pl.LightningModule):
     """Holds the network (`self.net`), the objective and the optimiser settings.
 
-    model / loss: Hydra configs (`_target_` + kwargs) of a MeanFlowUNet and a MeanFlowObjective, stored in the
-    checkpoint's hyper-parameters so `python -m neuromf.sample` can rebuild the network.
+    model / loss: Hydra configs (`_target_` + kwargs) of a MeanFlowUNet and an objective (neuromf.meanflow.contract),
+    stored in the checkpoint's hyper-parameters so `python -m neuromf.sample` can rebuild the network and sample it
+    with the objective's sampler. The objective gets the global step (its schedules follow it); its declared loss
+    terms are what validation logs.
     optim: {lr, beta1, beta2, weight_decay, schedule: constant|linear|cosine, warmup_steps, min_lr_ratio}.
     data: the data config, kept in the checkpoint so `python -m neuromf.sample` can decode samples.
     Batches are latents x (B, C, D, H, W). The noise / time / mask draws use a generator of the module whose
@@ -56,8 +58,13 @@ class MeanFlowModule(pl.LightningModule):
             logger=False,  # neuromf.train logs the whole resolved config once (nested)
         )
         self.net = build(model, _convert_="all")
-        self.objective: MeanFlowObjective = build(loss, _convert_="all")
+        self.objective: Objective = build(loss, _convert_="all")
+        if not isinstance(self.objective, Objective):
+            raise ValueError(f"loss._target_={loss.get('_target_')!r}: not an objective (neuromf.meanflow.contract)")
         self.objective.check_model(self.net)
+        # the objective's declared loss terms (train/<term>, val/<term>) and sampler, from the config alone
+        self.loss_terms = type(self.objective).terms({"model": model, "loss": loss})
+        self.sampler = type(self.objective).sampler
         self.generator: torch.Generator | None = None
         self._pending_generator_state: Tensor | None = None
         self.last_diagnostics: dict[str, Tensor] = {}
@@ -87,7 +94,7 @@ class MeanFlowModule(pl.LightningModule):
     def _objective(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         # drawn on the batch's device with the module's generator (a CUDA generator cannot fill a CPU tensor)
         mask = random_spatial_mask(x.shape, self.hparams.mask_ratio, generator=generator, device=x.device)
-        return self.objective(self.net, x, mask=mask, generator=generator)
+        return self.objective(self.net, x, mask=mask, generator=generator, step=self.global_step)
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         loss, diag = self._objective(x, self._gen())
@@ -100,9 +107,9 @@ class MeanFlowModule(pl.LightningModule):
         """Raw loss on validation latents with a fixed draw per batch (comparable across epochs)."""
         g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
         with torch.no_grad():
-            _, diag = self.objective(self.inference_net(), x, generator=g)
+            _, diag = self.objective(self.inference_net(), x, generator=g, step=self.global_step)
         self.log("val/loss_raw", diag["loss_raw"], sync_dist=True, batch_size=x.shape[0])
-        for term in ("loss_u", "loss_v"):  # per term: arms with and without a v-head compare like for like
+        for term in self.loss_terms:  # per declared term: the report compares a term only where it means the same
             if term in diag:
                 self.log(f"val/{term}", diag[term], sync_dist=True, batch_size=x.shape[0])
 
@@ -121,8 +128,9 @@ class MeanFlowModule(pl.LightningModule):
 
     @torch.no_grad()
     def generate(self, noise: Tensor, nfe: int = 1, use_ema: bool | None = None) -> Tensor:
-        """Samples (B, C, D, H, W) in normalised latent space from noise eps of the same shape (u-head only)."""
-        return sample(self.inference_net(use_ema), noise.to(self.device), nfe)
+        """Samples (B, C, D, H, W) in normalised latent space from noise eps of the same shape (u-head only), with
+        the objective's sampler (average-velocity jumps, or Euler on u(z, t, t) for flow matching)."""
+        return sample(self.inference_net(use_ema), noise.to(self.device), nfe, sampler=self.sampler)
 
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):

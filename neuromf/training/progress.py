@@ -16,7 +16,8 @@ from neuromf.tracking.run_dir import RunDir
 
 
 class ProgressFile(pl.Callback):
-    """Rank 0 writes {step, total_steps, epoch, loss, elapsed_s, eta_s, state} at most every `every_s` seconds.
+    """Rank 0 writes {step, total_steps, epoch, loss_term, <loss_term>, elapsed_s, eta_s, state} at most every
+    `every_s` seconds; loss_term is the objective's headline term (its first declared one, e.g. loss_u).
 
     The time left extrapolates the steps this process ran (a resumed run does not count the restored ones).
     """
@@ -35,7 +36,9 @@ class ProgressFile(pl.Callback):
         elapsed = time.perf_counter() - self._t0
         done = step - self._step0
         eta = elapsed / done * (total - step) if total and done > 0 else None
-        raw = pl_module.last_diagnostics.get("loss_u", pl_module.last_diagnostics.get("loss_raw"))
+        terms = getattr(pl_module, "loss_terms", None) or ("loss_u",)
+        term = terms[0]
+        raw = pl_module.last_diagnostics.get(term, pl_module.last_diagnostics.get("loss_raw"))
         write_redacted_json(
             self.path,
             {
@@ -43,7 +46,8 @@ class ProgressFile(pl.Callback):
                 "step": step,
                 "total_steps": total,
                 "epoch": trainer.current_epoch,
-                "loss_u": None if raw is None else float(raw),
+                "loss_term": term,
+                term: None if raw is None else float(raw),
                 "elapsed_s": round(elapsed, 1),
                 "eta_s": None if eta is None else round(max(eta, 0.0), 1),
                 "updated": time.time(),

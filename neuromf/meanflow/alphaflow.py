@@ -1,0 +1,133 @@
+"""AlphaFlow: the alpha-curriculum from trajectory flow matching (alpha = 1) to MeanFlow (alpha = 0).
+
+  h = t - r,  dt = alpha h  (dt = 0 on the r = t samples),  v = eps - x
+  alpha > 0:  u_tgt = sg[(dt v + (t - dt - r) u_theta(z_t - dt v, r, t - dt)) / h]   (r = t: u_tgt = v)
+              one extra forward without a graph, no JVP; the samples with r < t are weighted by alpha
+  alpha = 0:  the MeanFlow / iMF target sg(v - h du/dt) (MeanFlowObjective, JVP and v-head as configured)
+  alpha(k), k the global training step: `schedule` "sigmoid" (the official default shape)
+      alpha = a0 + (a1 - a0) sigmoid(gamma (k - k_mid) / (k_end - k_start)),  k_mid = (k_start + k_end) / 2,
+  or "linear"; alpha = a0 before k_start and a1 after k_end; values below `clamp` snap to 0 and above 1 - clamp
+  to 1, so the curriculum ends on the exact MeanFlow target.
+  loss = mean_b(w_b d_b), w_b = (alpha on r < t, 1 on r = t) / sg(d_b + norm_eps)^norm_p
+For 0 < alpha < 1 the target is biased even at the true u: the Euler point z_t - dt v is not on the ODE path
+(the bias vanishes as alpha -> 0), which is why the curriculum anneals alpha to 0.
+Sampler: average-velocity jumps u(z_t, r, t).
+
+"AlphaFlow: Understanding and Improving MeanFlow Models" (Snap Research, 2025); official code
+github.com/snap-research/alphaflow (src/training/loss.py, AlphaFlowLoss: dt = alpha (t - r), the alpha weight
+on the discrete samples, the target clip `clamp_utgt`). Shapes: x, eps, z_t, u (B, C, D, H, W); r, t, h (B,).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from neuromf.meanflow.contract import bcast
+from neuromf.meanflow.objective import MeanFlowObjective
+
+ALPHA_SCHEDULES = ("sigmoid", "linear")
+
+
+@dataclass
+class AlphaFlowObjective(MeanFlowObjective):
+    """MeanFlowObjective whose target follows AlphaFlow's alpha(step); alpha = 0 is MeanFlowObjective itself."""
+
+    name: ClassVar[str] = "alphaflow"
+
+    alpha_start: float = 1.0
+    alpha_end: float = 0.0
+    anneal_start: int = 0
+    anneal_end: int = 1000
+    schedule: str = "sigmoid"
+    gamma: float = 25.0
+    clamp: float = 0.005
+    target_clip: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"loss.schedule={self.schedule!r}: expected one of {ALPHA_SCHEDULES}")
+        if self.anneal_end <= self.anneal_start:
+            raise ValueError(f"loss.anneal_end={self.anneal_end} must exceed loss.anneal_start={self.anneal_start}")
+
+    @classmethod
+    def diagnostics(cls, cfg: dict) -> tuple[str, ...]:
+        return ("alpha", *super().diagnostics(cfg))
+
+    def alpha(self, step: int) -> float:
+        """alpha at global step `step` (clamped to exactly 0 / 1 near the ends)."""
+        a0, a1, k0, k1 = self.alpha_start, self.alpha_end, self.anneal_start, self.anneal_end
+        if step < k0:
+            a = a0
+        elif step > k1:
+            a = a1
+        elif self.schedule == "linear":
+            a = a0 + (a1 - a0) * (step - k0) / (k1 - k0)
+        else:
+            a = a0 + (a1 - a0) / (1 + math.exp(-self.gamma * (step - (k0 + k1) / 2) / (k1 - k0)))
+        return 0.0 if a < self.clamp else 1.0 if a > 1 - self.clamp else a
+
+    def __call__(
+        self,
+        model,
+        x: Tensor,
+        eps: Tensor | None = None,
+        r: Tensor | None = None,
+        t: Tensor | None = None,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        step: int = 0,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        alpha = self.alpha(step)
+        if alpha == 0.0:
+            loss, diag = super().__call__(model, x, eps, r, t, mask, generator, step)
+            diag["alpha"] = torch.zeros((), device=x.device)
+            return loss, diag
+        if eps is None:
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if r is None or t is None:
+            r, t = self.draw_times(x.shape[0], x.device, generator, step)
+        r, t = r.to(x.dtype), t.to(x.dtype)
+        h = t - r
+        fm = h == 0
+        z_t = (1 - bcast(t, x)) * x + bcast(t, x) * eps
+        v = eps - x
+        dt = alpha * h
+        with torch.no_grad():
+            if alpha < 1.0:  # alpha = 1: t - dt - r = 0, the target is v and needs no forward
+                u_next = model(z_t - bcast(dt, x) * v, r, t - dt)
+                u_tgt = (bcast(dt, x) * v + bcast(t - dt - r, x) * u_next) / bcast(torch.where(fm, 1, h), x)
+                u_tgt = torch.where(bcast(fm, x), v, u_tgt)
+            else:
+                u_tgt = v
+            if self.target_clip is not None:
+                u_tgt = u_tgt.clamp(-self.target_clip, self.target_clip)
+        imf = getattr(model, "use_v_head", False)
+        u, v_hat = model.u_and_v(z_t, r, t) if imf else (model(z_t, r, t), None)
+        self.last_point = None  # no tangent at alpha > 0: the du/dt split is not logged
+        weight = torch.where(fm, 1.0, alpha).to(x.dtype)
+        loss, d_u, per_ch = self.adaptive_loss(u - u_tgt, mask, weight=weight)
+        raw = d_u
+        diag: dict[str, Tensor] = {}
+        if imf:
+            loss_v, d_v, _ = self.adaptive_loss(v_hat - v, mask)
+            loss, raw = loss + self.v_loss_weight * loss_v, d_u + self.v_loss_weight * d_v
+            diag["loss_v"] = d_v.mean().detach()
+        with torch.no_grad():
+            diag.update(
+                loss=loss.detach(),
+                loss_raw=raw.mean().detach(),
+                loss_u=d_u.mean().detach(),
+                alpha=torch.tensor(alpha, device=x.device),
+                fm_fraction=fm.float().mean(),
+                loss_u_fm=torch.where(fm, d_u, 0).sum().detach() / fm.sum(),
+                loss_u_mf=torch.where(~fm, d_u, 0).sum().detach() / (~fm).sum(),
+            )
+            for c, value in enumerate(per_ch.mean(0)):
+                diag[f"loss_ch{c}"] = value.detach()
+        return loss, diag

@@ -1,0 +1,151 @@
+"""The objective contract: what every training objective declares, so the rest of the code reads it from there.
+
+An objective (one class per file under neuromf/meanflow/, selected with `loss=<name>`) is called as
+`objective(model, x, eps=None, r=None, t=None, mask=None, generator=None, step=0) -> (loss, diagnostics)` and
+declares, as class attributes and class methods that work from a resolved run config alone (no network built):
+
+  name         the `loss=` choice it is the objective of
+  sampler      "average": jumps z_r = z_t - (t - r) u(z_t, r, t) (MeanFlow family), or "instantaneous": Euler on
+               v(z, t) = u(z, t, t) (plain flow matching; its network is never trained at r < t)
+  terms(cfg)        the named loss terms, each logged as train/<term> and val/<term> (the first is the headline
+                    term of the progress lines)
+  diagnostics(cfg)  the other train/<key> it logs (through the diagnostics callback)
+  quantity(cfg, term)  what a term measures, as a string: two arms' values of a term are comparable only where
+                    these strings are equal (the report compares a term across arms on that condition)
+
+Shapes: x, eps (B, C, D, H, W); r, t (B,).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+SAMPLERS = ("average", "instantaneous")
+JVP_PARTS = ("jvp_t_norm", "jvp_z_norm")  # logged by the diagnostics callback where an objective keeps last_point
+
+
+def _get(cfg: dict, dotted: str, default=None):
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return default
+        cfg = cfg[part]
+    return cfg
+
+
+def _upcast(a: Tensor) -> Tensor:
+    """Half-precision tensors are reduced in float32; float32/float64 stay as they are."""
+    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
+
+
+def bcast(s: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1, 1) to broadcast against `like`."""
+    return s.view(-1, *([1] * (like.ndim - 1)))
+
+
+def per_channel_distance(delta: Tensor, p: float, mask: Tensor | None = None) -> Tensor:
+    """Per-sample, per-channel mean of |delta|^p over voxels (masked mean when `mask` (B,1,...) is given): (B, C)."""
+    err = _upcast(delta).abs().pow(p)
+    if mask is None:
+        return err.flatten(2).mean(-1)
+    mask = mask.to(err.dtype).expand_as(err)
+    return (err * mask).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1.0)
+
+
+class Objective:
+    """Base of every objective: the contract (class attributes / class methods) and the adaptively weighted
+    distance d = sum_c lambda_c mean_voxels(|Delta_c|^p) / sum_c lambda_c, w = 1 / sg(d + norm_eps)^norm_p.
+
+    Subclasses are dataclasses with the fields p, norm_p, norm_eps, channel_weights.
+    """
+
+    name: ClassVar[str] = ""
+    sampler: ClassVar[str] = "average"
+
+    @staticmethod
+    def use_v_head(cfg: dict) -> bool:
+        return bool(_get(cfg, "model.use_v_head", False))
+
+    @classmethod
+    def terms(cls, cfg: dict) -> tuple[str, ...]:
+        """Loss terms: loss_u, plus loss_v (the v-head's |v_hat - v|^p) where the model has a v-head."""
+        return ("loss_u", "loss_v") if cls.use_v_head(cfg) else ("loss_u",)
+
+    @classmethod
+    def diagnostics(cls, cfg: dict) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def quantity(cls, cfg: dict, term: str) -> str:
+        """Objective, tangent / head, time sampling and distance settings: what makes two values the same measure."""
+        loss = dict(_get(cfg, "loss", {}) or {})
+        loss.pop("jvp", None), loss.pop("fd_step", None), loss.pop("derivative_fn", None)  # how, not what
+        head = "v_hat" if cls.use_v_head(cfg) else "v"
+        return json.dumps({"objective": cls.name, "term": term, "v_head": head, "loss": loss}, sort_keys=True)
+
+    def check_model(self, model) -> None:
+        """Refuse combinations that cannot train well (raises ValueError naming the keys)."""
+
+    def adaptive_loss(
+        self, delta: Tensor, mask: Tensor | None = None, weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Adaptively weighted loss of one term, times a per-sample `weight` (B,) when given.
+        Returns (weighted loss (), per-sample d (B,), per-channel (B, C))."""
+        per_ch = per_channel_distance(delta, self.p, mask)
+        lam = (
+            torch.ones(per_ch.shape[1], device=per_ch.device)
+            if self.channel_weights is None
+            else torch.as_tensor(self.channel_weights, dtype=per_ch.dtype, device=per_ch.device)
+        )
+        if lam.numel() != per_ch.shape[1]:
+            raise ValueError(
+                f"loss.channel_weights has {lam.numel()} entries but latents have {per_ch.shape[1]} channels"
+            )
+        d = (per_ch * lam).sum(1) / lam.sum()
+        w = 1.0 / (d.detach() + self.norm_eps).pow(self.norm_p)
+        if weight is not None:
+            w = w * weight.to(w.dtype)
+        return (w * d).mean(), d, per_ch
+
+
+def objective_class(loss_cfg: dict[str, Any] | None) -> type[Objective]:
+    """The objective class a `loss` config names (`_target_`, a neuromf class); MeanFlow for configs without one
+    (runs from before the contract)."""
+    from neuromf.meanflow.objective import MeanFlowObjective
+
+    target = (loss_cfg or {}).get("_target_") if isinstance(loss_cfg, dict) else None
+    if not target:
+        return MeanFlowObjective
+    if not str(target).startswith("neuromf."):
+        raise ValueError(f"loss._target_={target!r}: not a neuromf objective")
+    from hydra.utils import get_class
+
+    cls = get_class(str(target))
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise ValueError(f"loss._target_={target!r}: not an objective (neuromf.meanflow.contract.Objective)")
+    return cls
+
+
+def sampler_of(loss_cfg: dict[str, Any] | None) -> str:
+    """The sampler the objective of a `loss` config trains its network for ("average" / "instantaneous")."""
+    return objective_class(loss_cfg).sampler
+
+
+def all_terms() -> tuple[str, ...]:
+    """Every loss term any objective can log (the dashboards' candidate keys)."""
+    from neuromf.meanflow import OBJECTIVES
+
+    cfgs = [{"model": {"use_v_head": h}} for h in (False, True)]
+    return tuple(dict.fromkeys(k for cls in OBJECTIVES.values() for c in cfgs for k in cls.terms(c)))
+
+
+def all_diagnostics() -> tuple[str, ...]:
+    """Every diagnostic key any objective can log (the dashboards' candidate keys)."""
+    from neuromf.meanflow import OBJECTIVES
+
+    full = {"model": {"use_v_head": True}}
+    keys = [k for cls in OBJECTIVES.values() for k in cls.diagnostics(full)]
+    return tuple(dict.fromkeys(keys))
