@@ -162,7 +162,7 @@ def check_config(cfg: Any, schema: Sequence[Rule] = SCHEMA) -> None:
 def direction_errors(cfg: Any) -> list[str]:
     """`objective_mode` against the direction of the `objective` metric (a lower-is-better distance maximised, or
     a correlation minimised, would select and prune the wrong runs): one line when they contradict."""
-    from neuromf.tracking.keys import metric_direction
+    from neuromf.evaluation.registry import metric_direction
 
     objective, mode = _get(cfg, "objective"), _get(cfg, "objective_mode")
     if not isinstance(objective, str) or mode not in ("min", "max"):
