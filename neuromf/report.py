@@ -31,7 +31,9 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from neuromf.tracking.keys import metric_base, metric_direction
+from neuromf.evaluation.registry import metric_direction
+from neuromf.report_intervals import interval_blocks
+from neuromf.tracking.keys import metric_base
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, RunRecord, load_sweep
 from neuromf.tracking.redact import MASK, redact_text
 from neuromf.tracking.run import flat_config
@@ -1004,6 +1006,7 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
             ("p", f"⚠ partial sweep: {running} run(s) still running (marked); they are not in the statistics.")
         )
     blocks += [("h2", "Arms (ranked)"), ("table", arm_summary(arms_df), False)]
+    blocks += interval_blocks(records, arms, list(arms_df["arm"]), metric, mode)
     blocks += untrained_warnings(arms_df, obj_refs, mode)
     blocks.append(("h2", "Configuration differences between arms"))
     labelled = {k for r in records for k in r.arm}
