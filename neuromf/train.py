@@ -35,7 +35,7 @@ from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
 from neuromf.tracking.metrics import read_config
 from neuromf.tracking.redact import install_log_redaction, redact_text
 from neuromf.tracking.run import clean_config, provenance, save_hydra_record, stable_run_id, update_status
-from neuromf.tracking.wandb_setup import override_tags
+from neuromf.tracking.wandb_setup import ObjectiveSummary, override_tags
 from neuromf.training.callbacks import DiagnosticsLogger, DivergenceMonitor, ObjectiveTracker, SampleCollector
 from neuromf.training.checkpoint_io import (
     AtomicCheckpointIO,
@@ -97,6 +97,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
         DiagnosticsLogger(**cb.diagnostics),
         LearningRateMonitor(logging_interval="step"),
         ObjectiveTracker(cfg.objective, cfg.objective_mode),
+        *([ObjectiveSummary(cfg.objective, cfg.objective_mode)] if cfg.logger.wandb.enabled else []),
         *optuna_reporter(cfg, run_dir),
         # last.ckpt every n steps (what a requeued job resumes from) and at every epoch end
         ModelCheckpoint(

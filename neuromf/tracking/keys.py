@@ -28,17 +28,19 @@ def metric_base(key: str) -> str | None:
 
 
 def summary_mode(key: str, cfg: dict[str, Any] | None = None) -> str | None:
-    """'min' / 'max': the W&B summary that keeps the best value of ``key`` (losses and evaluation metrics; the
-    objective follows ``cfg``'s ``objective_mode``, as the report ranks); None: W&B's default, the last value."""
-    if cfg and key == cfg.get("objective") and cfg.get("objective_mode"):
-        return str(cfg["objective_mode"])
+    """'min' / 'max': the W&B summary that keeps the best value of ``key`` (losses and evaluation metrics);
+    None: no summary option — W&B's default (the last value), and for ``cfg``'s ``objective`` its plain key,
+    which ``neuromf.tracking.wandb_setup.ObjectiveSummary`` sets to the best value over validations (by
+    ``objective_mode``, as the report ranks), so that the plain objective key holds a number."""
+    if cfg and key == cfg.get("objective"):
+        return None
     return metric_direction(key) if key.startswith(("val/", "train/loss")) else None
 
 
 def summary_name(key: str, mode: str | None) -> str:
     """Name of a run-summary value in W&B's runs table and panels. With ``define_metric(summary="min,last")``
     W&B stores ``{"min": .., "last": ..}`` under the key, shown as ``key.min`` / ``key.last``; without a
-    summary option the bare key holds the last value."""
+    summary option (``mode`` None, and the objective) the bare key holds the value."""
     return f"{key}.{mode}" if mode else key
 
 
