@@ -78,7 +78,7 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | N
     overrides, experiment, launch, multirun = _hydra_context()
     tags = override_tags(overrides)
     group = run_group(cfg.sweep_name, experiment, launch)
-    labels = [f"sweep:{cfg.sweep_name}", f"seed:{cfg.seed}", *([f"preset:{experiment}"] if experiment else [])]
+    labels = [f"sweep:{cfg.sweep_name}", f"seed:{cfg.get('seed')}", *([f"preset:{experiment}"] if experiment else [])]
     logger = WandbLogger(
         project=cfg.logger.wandb.project,
         entity=cfg.logger.wandb.entity,
@@ -88,7 +88,7 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | N
         group=group,
         job_type=job_type(cfg, multirun),
         tags=[t[:64] for t in [*tags, *labels]],
-        name=run_name(tags, cfg.seed, cfg.get("tag")),
+        name=run_name(tags, cfg.get("seed"), cfg.get("tag")),
         mode=mode or wandb_mode(cfg.logger.wandb.mode),
         settings=_settings(cfg),
     )
