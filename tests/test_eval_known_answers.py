@@ -97,3 +97,16 @@ def test_knn_reference_set_unsaturates_precision():
     assert few["precision"] == 1.0 and few["coverage"] == 1.0
     assert 0 < many["precision"] < 1 and 0 < many["coverage"] < 1
     assert many["feat3d_fd"] == few["feat3d_fd"]  # the Frechet distance keeps the validation reference
+
+
+def test_resampled_frechet_distance_is_the_frechet_distance():
+    # the bootstrap's Frechet distance (real root computed once) equals frechet_distance on the resampled set
+    from neuromf.evaluation.bootstrap import _fd_kid
+    from neuromf.evaluation.frechet import feature_stats, frechet_distance
+
+    fake, real, _ = _sets(d=12)
+    fake, real = fake.double(), real.double()
+    idx = torch.randint(0, fake.shape[0], (fake.shape[0],), generator=torch.Generator().manual_seed(0))
+    fd, k = _fd_kid(fake, real)(idx)
+    assert fd == pytest.approx(frechet_distance(feature_stats(fake[idx]), feature_stats(real)), rel=1e-9)
+    assert k == pytest.approx(kid(fake[idx], real), rel=1e-9)

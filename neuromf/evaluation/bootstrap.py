@@ -17,14 +17,19 @@ import torch
 from scipy import stats
 from torchmetrics.image.kid import poly_kernel
 
-from neuromf.evaluation.frechet import feature_stats, frechet_distance
+from neuromf.evaluation.frechet import feature_stats
 
 __all__ = ["feature_intervals"]
 
 
 def _fd_kid(fake: torch.Tensor, real: torch.Tensor):
-    """idx (M,) -> (feat3d_fd, kid) of fake[idx] against real (kernel and real statistics precomputed)."""
+    """idx (M,) -> (feat3d_fd, kid) of fake[idx] against real (kernel, real statistics and sqrt(S_real)
+    precomputed: tr sqrt(S_r S_f) = sum sqrt(eigvalsh(sqrt(S_r) S_f sqrt(S_r))), as ``frechet.trace_sqrt_product``
+    with the real covariance's root computed once)."""
     real_stats = feature_stats(real)
+    w, v = torch.linalg.eigh((real_stats.sigma + real_stats.sigma.T) / 2)
+    root = (v * w.clamp_min(0).sqrt()) @ v.T
+    tr_real = float(real_stats.sigma.trace())
     k_xx, k_yy, k_xy = (poly_kernel(a, b, 3, None, 1.0) for a, b in ((fake, fake), (real, real), (fake, real)))
     n = real.shape[0]
     syy = float((k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1)))
@@ -34,7 +39,11 @@ def _fd_kid(fake: torch.Tensor, real: torch.Tensor):
         kxx = k_xx[idx][:, idx]
         sxx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
         kid = float(sxx + syy - 2 * k_xy[idx].mean())
-        return [frechet_distance(feature_stats(fake[idx]), real_stats), kid]
+        st = feature_stats(fake[idx])
+        m_ = root @ st.sigma @ root
+        tr_sqrt = float(torch.linalg.eigvalsh((m_ + m_.T) / 2).clamp_min(0).sqrt().sum())
+        fd = float((st.mu - real_stats.mu).pow(2).sum()) + float(st.sigma.trace()) + tr_real - 2.0 * tr_sqrt
+        return [max(fd, 0.0), kid]
 
     return measure
 
