@@ -93,6 +93,9 @@ SCHEMA: tuple[Rule, ...] = (
     Rule("trainer.accumulate_grad_batches", "int", "an integer >= 1", lambda v: v >= 1),
     Rule("trainer.limit_train_batches", "any", "an integer >= 0 or a fraction in [0, 1]", _limit_batches, True),
     Rule("trainer.limit_val_batches", "any", "an integer >= 0 or a fraction in [0, 1]", _limit_batches, True),
+    # evaluation
+    Rule("eval.bootstrap_resamples", "int", "an integer >= 0 (0: no intervals)", lambda v: v >= 0),
+    Rule("eval.knn_num_real", "int", "an integer >= 2 (or null: the validation set)", lambda v: v >= 2, True),
     # callbacks
     Rule("callbacks.ema.decay", "float", "a number in [0, 1)", lambda v: 0 <= v < 1),
     Rule("callbacks.ema.update_every_n_steps", "int", "an integer >= 1", lambda v: v >= 1),

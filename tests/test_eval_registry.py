@@ -77,3 +77,13 @@ def test_a_new_entry_is_seen_by_every_reader(monkeypatch):
     assert metric_direction("val/sharpness/nfe1") == "max" and summary_mode("val/sharpness/nfe1") == "max"
     errors = direction_errors({"objective": "val/sharpness/nfe1", "objective_mode": "min"})
     assert errors and "higher-is-better" in errors[0] and "objective_mode=max" in errors[0]
+
+
+def test_bad_interval_and_knn_settings_name_the_key():
+    from neuromf.config_schema import config_errors
+
+    cfg = {"eval": {"bootstrap_resamples": -1, "knn_num_real": 0}}
+    errors = config_errors(cfg)
+    assert any(e.startswith("eval.bootstrap_resamples=-1: must be an integer >= 0") for e in errors)
+    assert any(e.startswith("eval.knn_num_real=0: must be an integer") for e in errors)
+    assert config_errors({"eval": {"bootstrap_resamples": 200, "knn_num_real": None}}) == []
