@@ -93,6 +93,9 @@ SCHEMA: tuple[Rule, ...] = (
     Rule("trainer.accumulate_grad_batches", "int", "an integer >= 1", lambda v: v >= 1),
     Rule("trainer.limit_train_batches", "any", "an integer >= 0 or a fraction in [0, 1]", _limit_batches, True),
     Rule("trainer.limit_val_batches", "any", "an integer >= 0 or a fraction in [0, 1]", _limit_batches, True),
+    # evaluation
+    Rule("eval.bootstrap_resamples", "int", "an integer >= 0 (0: no intervals)", lambda v: v >= 0),
+    Rule("eval.knn_num_real", "int", "an integer >= 2 (or null: the validation set)", lambda v: v >= 2, True),
     # callbacks
     Rule("callbacks.ema.decay", "float", "a number in [0, 1)", lambda v: 0 <= v < 1),
     Rule("callbacks.ema.update_every_n_steps", "int", "an integer >= 1", lambda v: v >= 1),
@@ -162,7 +165,7 @@ def check_config(cfg: Any, schema: Sequence[Rule] = SCHEMA) -> None:
 def direction_errors(cfg: Any) -> list[str]:
     """`objective_mode` against the direction of the `objective` metric (a lower-is-better distance maximised, or
     a correlation minimised, would select and prune the wrong runs): one line when they contradict."""
-    from neuromf.tracking.keys import metric_direction
+    from neuromf.evaluation.registry import metric_direction
 
     objective, mode = _get(cfg, "objective"), _get(cfg, "objective_mode")
     if not isinstance(objective, str) or mode not in ("min", "max"):

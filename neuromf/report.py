@@ -31,8 +31,10 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from neuromf.evaluation.registry import metric_direction
 from neuromf.meanflow.contract import all_terms, objective_class
-from neuromf.tracking.keys import metric_base, metric_direction
+from neuromf.report_intervals import interval_blocks
+from neuromf.tracking.keys import metric_base
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, REPLICATE_KEYS, RunRecord, device_count, load_sweep
 from neuromf.tracking.redact import MASK, redact_text
 from neuromf.tracking.run import flat_config, git_state
@@ -1141,6 +1143,7 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
             ("p", f"⚠ partial sweep: {running} run(s) still running (marked); they are not in the statistics.")
         )
     blocks += [("h2", "Arms (ranked)"), ("table", arm_summary(arms_df), False)]
+    blocks += interval_blocks(records, arms, list(arms_df["arm"]), metric, mode)
     blocks += untrained_warnings(arms_df, obj_refs, mode)
     blocks += final_blocks(records, arms, metric, mode)
     blocks.append(("h2", "Configuration differences between arms"))

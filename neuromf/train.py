@@ -36,7 +36,7 @@ from neuromf.tracking.metrics import read_config
 from neuromf.tracking.redact import install_log_redaction, redact_text
 from neuromf.tracking.run import clean_config, provenance, save_hydra_record, update_status
 from neuromf.tracking.run_dir import RunDir
-from neuromf.tracking.wandb_setup import override_tags
+from neuromf.tracking.wandb_setup import ObjectiveSummary, override_tags
 from neuromf.training.callbacks import DivergenceMonitor, ObjectiveTracker
 from neuromf.training.checkpoint_io import (
     AtomicCheckpointIO,
@@ -91,12 +91,17 @@ def run_context(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) 
     return RunContext(RunDir(run_dir), cfg, resume_step=resume_step, label=label)
 
 
+def _logs_to_wandb(cfg: DictConfig) -> bool:
+    return bool((cfg.logger.get("wandb") or {}).get("enabled", True)) if cfg.logger.get("wandb") else False
+
+
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     """The callbacks of conf/callbacks/ (neuromf/training/from_config.py), then the run's own bookkeeping: the
     objective a sweep reads, the Optuna reporter of a trial, and progress.json (what a sweep's launcher prints)."""
     return [
         *build_nodes(cfg.callbacks, run_context(cfg, run_dir), group="callbacks"),
         ObjectiveTracker(cfg.objective, cfg.objective_mode),
+        *([ObjectiveSummary(cfg.objective, cfg.objective_mode)] if _logs_to_wandb(cfg) else []),
         *optuna_reporter(cfg, run_dir),
         ProgressFile(str(run_dir)),
     ]

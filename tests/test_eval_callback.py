@@ -266,3 +266,58 @@ def test_best_direction_per_metric():
     assert "val/msssim/nfe1" not in cb.best
     with pytest.raises(ValueError, match="nfe_list"):
         EvaluationCallback(nfe_list=[1, 1])
+
+
+class PooledFeatures(torch.nn.Module):
+    """Stand-in for DeepBetFeatures: (B, 1, X, Y, Z) -> (B, 8) average-pooled 2^3 blocks (cheap, deterministic)."""
+
+    def forward(self, v):
+        return F.adaptive_avg_pool3d(v, 2).flatten(1)
+
+    def cache_key(self):
+        return {"backbone": "pooled-2"}
+
+
+class ManyTrainLatents(FakeData):
+    """40 training latents and a seeded subset per `seed`, as the real datamodule's train_latents."""
+
+    def __init__(self):
+        super().__init__()
+        self.train = torch.randn(40, *SHAPE, generator=torch.Generator().manual_seed(7))
+
+    def train_latents(self, limit=None, seed=0):
+        self.train_calls += 1
+        if limit is None or limit >= len(self.train):
+            return self.train.clone()
+        pick = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))[:limit]
+        return self.train[pick.sort().values].clone()
+
+
+def test_intervals_logged_and_knn_reference_from_training_latents(tmp_path):
+    cb = _cb(tmp_path, num_samples=8, knn_num_real=24, bootstrap_resamples=40, objective_key="val/feat3d_fd/nfe1")
+    cb._feat3d = PooledFeatures()  # setup() keeps an extractor it already has
+    cb.feat3d_enabled = True
+    dm = ManyTrainLatents()
+    logger = CSVLogger(save_dir=str(tmp_path), name="", version="")
+    _trainer(tmp_path, [cb], max_epochs=2, logger=logger).fit(FakeModule(improving=True), datamodule=dm)
+    first = cb.history[0]
+    for m in ("feat3d_fd", "kid", "precision", "recall", "density", "coverage"):
+        lo, hi, se = (first[f"val/{m}/nfe1_{b}"] for b in ("ci_lo", "ci_hi", "se"))
+        assert lo <= hi and se >= 0, m
+    assert first["val/feat3d_fd/nfe1_se"] > 0
+    assert "val/swd/nfe1_se" not in first  # latent metrics: no bootstrap (registry: interval=False)
+    # the k-NN reference: 24 training latents none of which is in the 8-latent real-floor set
+    assert cb.knn_reference == {"set": "train", "size": 24, "k": 3, "description": cb.knn_reference["description"]}
+    floor = dm.train_latents(8, seed=0).flatten(1)
+    assert cb._ref.knn_feat3d.shape == (24, 8) and cb._ref.feat3d.shape == (12, 8)
+    knn_lat = dm.train_latents(32, seed=0 ^ 0x6B4E4E)
+    knn_lat = knn_lat[~(knn_lat.flatten(1)[:, None] == floor[None]).all(-1).any(1)][:24]
+    assert torch.equal(cb._ref.knn_feat3d, PooledFeatures()(dm.decode(knn_lat)))
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    best = summary["best"]["val/feat3d_fd/nfe1"]
+    assert summary["objective"] == best["value"]
+    assert summary["objective_interval"] == {b: best[b] for b in ("se", "ci_lo", "ci_hi")}
+    assert summary["knn_reference"]["size"] == 24
+    assert "val/feat3d_fd/nfe1_ci_hi" in (tmp_path / "metrics.csv").read_text()
+    # the best value is tracked for values only, never for their interval bounds
+    assert not any(k.endswith(("_se", "_ci_lo", "_ci_hi")) for k in summary["best"])

@@ -71,7 +71,9 @@ def test_arms_fall_into_different_groups(built):
 
 def test_sweep_by_name_resolves_group_overrides():
     plan = sweep_plan(sweep="demo")
-    assert plan["arm_keys"] == ("model.use_v_head",) and plan["group"] == "demo"
+    # by name: every launch of the sweep (its sweep_name); a launched sweep dir: that launch's W&B group
+    assert plan["arm_keys"] == ("model.use_v_head",) and plan["sweep_name"] == "demo" and plan["group"] is None
+    assert sweep_plan(sweep_dir=RECORDED)["group"].startswith("demo/")
     assert "train/loss_v" in plan["keys"] and "train/peak_mem_gb" not in plan["keys"]
     assert varying_keys([{"a": {"b": 1}, "seed": 0}, {"a": {"b": 2}, "seed": 1}]) == ["a.b"]
 
@@ -132,6 +134,7 @@ SWEEP_ARM_KEYS = {
     "time_scale": ("model.time_scale",),
     "v_head": ("model.use_v_head", "model.v_head_num_res_blocks"),
 }
+OPTUNA_RANGES = {"joint_optuna": ("optim.lr",), "lr_optuna": ("optim.lr", "optim.beta2", "optim.warmup_steps")}
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
@@ -143,11 +146,13 @@ def test_every_sweep_file_has_known_arm_keys():
 def test_dashboards_for_every_sweep_group_by_its_resolved_keys(sweep, tmp_path):
     args = ["build", "--entity", "ent", "--project", "proj", "--sweep", sweep, "--out", str(tmp_path)]
     assert main(args) == 0
-    cols = [f"{k.split('.')[0]}.value.{k.split('.', 1)[1]}" for k in SWEEP_ARM_KEYS[sweep]]
+    # an Optuna search's continuous parameters get importances / scatter plots instead of groups
+    grouped = [k for k in SWEEP_ARM_KEYS[sweep] if k not in OPTUNA_RANGES.get(sweep, ())]
+    cols = [f"{k.split('.')[0]}.value.{k.split('.', 1)[1]}" for k in grouped]
     w = json.loads((tmp_path / "workspace_monitor.json").read_text())
     runset = w["spec"]["section"]["runSets"][0]
     assert [g["name"] for g in runset["grouping"] if g["section"] == "config"] == cols
-    assert runset["filters"]["filters"][0]["value"] == sweep  # W&B group = sweep_name
+    assert runset["filters"]["filters"][0]["value"] == sweep  # every launch of the sweep (its sweep_name)
     r = json.loads((tmp_path / "report_ablation.json").read_text())
     grid = next(b["metadata"] for b in r["spec"]["blocks"] if b.get("type") == "panel-grid")
     assert [g["name"] for g in grid["runSets"][0]["grouping"]] == cols
@@ -183,4 +188,82 @@ def test_shipped_dashboards_are_the_built_ones(tmp_path):
     shipped = Path(__file__).resolve().parents[1] / "dashboards"
     for name in ("workspace_monitor.json", "report_ablation.json"):
         assert (tmp_path / name).read_text() == (shipped / name).read_text(), f"dashboards/{name} is stale"
-    assert "summary:val/feat3d_fd/nfe1.min" in (shipped / "workspace_monitor.json").read_text()
+    assert 'summary:val/feat3d_fd/nfe1"' in (shipped / "workspace_monitor.json").read_text()  # the plain key
+
+
+def _views(data) -> list[dict]:
+    found = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            if "viewType" in x:
+                found.append(x)
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(data)
+    return found
+
+
+def test_build_writes_to_an_output_path_unless_refresh(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracked = Path(__file__).resolve().parents[1] / "dashboards"
+    before = {p.name: p.stat().st_mtime_ns for p in tracked.glob("*.json")}
+    assert main(["build", "--entity", "e", "--project", "p", "--sweep-dir", str(RECORDED)]) == 0
+    assert sorted(p.name for p in (tmp_path / "build" / "dashboards").iterdir()) == [
+        "report_ablation.json",
+        "workspace_monitor.json",
+    ]
+    assert {p.name: p.stat().st_mtime_ns for p in tracked.glob("*.json")} == before  # tracked files untouched
+    with pytest.raises(SystemExit):
+        main(["build", "--entity", "e", "--project", "p", "--refresh", "--out", str(tmp_path)])
+
+
+def test_runs_sorted_by_the_objective_smoothed_lines_and_a_config_comparer(built):
+    w = json.loads((built / "workspace_monitor.json").read_text())
+    runset = w["spec"]["section"]["runSets"][0]
+    assert runset["sort"]["keys"] == [{"ascending": True, "key": {"name": "val/feat3d_fd/nfe1", "section": "summary"}}]
+    views = _views(w)
+    lines = [v for v in views if v["viewType"] == "Run History Line Plot"]
+    assert lines and all(v["config"].get("smoothingWeight") == 0.6 for v in lines)
+    assert any(v["viewType"] == "Run Comparer" for v in views)
+    r = json.loads((built / "report_ablation.json").read_text())
+    assert any(v["viewType"] == "Run Comparer" for v in _views(r))
+    grid = next(b["metadata"] for b in r["spec"]["blocks"] if b.get("type") == "panel-grid")
+    assert grid["runSets"][0]["sort"]["keys"][0]["key"]["name"] == "val/feat3d_fd/nfe1"
+
+
+def test_optuna_search_gets_importances_and_objective_per_parameter(tmp_path):
+    args = ["build", "--entity", "e", "--project", "p", "--sweep", "lr_optuna", "--out", str(tmp_path)]
+    assert main(args) == 0
+    w = json.loads((tmp_path / "workspace_monitor.json").read_text())
+    runset = w["spec"]["section"]["runSets"][0]
+    assert [g["name"] for g in runset["grouping"]] == ["group"]  # continuous parameters do not group
+    views = _views(w)
+    imp = [v for v in views if v["viewType"] == "Parameter Importance"]
+    assert len(imp) == 1 and imp[0]["config"]["targetKey"] == "val/feat3d_fd/nfe1"
+    scatter = {v["config"]["xAxis"]: v["config"]["yAxis"] for v in views if v["viewType"] == "Scatter Plot"}
+    assert scatter == {f"config:optim.value.{k}": "summary:val/feat3d_fd/nfe1" for k in ("lr", "beta2", "warmup_steps")}
+
+
+def test_push_updates_one_view(monkeypatch):
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    from neuromf.dashboards import push, sweep_plan
+
+    saved = []
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(ws.Workspace, "save", lambda self: saved.append(self._internal_name) or self)
+    monkeypatch.setattr(ws.Workspace, "url", property(lambda self: f"ws:{self._internal_name}"))
+    monkeypatch.setattr(wr.Report, "save", lambda self, *a, **k: self)
+    monkeypatch.setattr(wr.Report, "url", property(lambda self: "report"))
+    plan = sweep_plan(sweep_dir=RECORDED)
+    push("e", "p", "demo/2026-01-01_00-00-00", plan)
+    push("e", "p", "demo/2026-01-01_00-00-00", plan)
+    push("e", "p", "demo/2026-02-02_00-00-00", plan)
+    assert saved[0] == saved[1] != saved[2] and re.fullmatch(r"nw-\w+-v", saved[0])

@@ -4,7 +4,16 @@ import pytest
 from training_helpers import tiny_cfg
 
 from neuromf.tracking.run import clean_config, flat_config, read_status, stable_run_id, update_status
-from neuromf.tracking.wandb_setup import define_metrics, make_wandb_logger, override_tags, wandb_mode
+from neuromf.tracking.wandb_setup import (
+    ObjectiveSummary,
+    define_metrics,
+    job_type,
+    make_wandb_logger,
+    override_tags,
+    run_group,
+    run_name,
+    wandb_mode,
+)
 
 
 def test_flat_config_drops_secrets_and_keeps_everything_else():
@@ -118,19 +127,24 @@ def test_dashboards_read_the_summary_holding_the_best_value(tmp_path, monkeypatc
     assert (cfg["objective"], cfg["objective_mode"]) == ("val/feat3d_fd/nfe1", "min")
     run = wandb.init(project="p", dir=str(tmp_path), mode="offline", settings=wandb.Settings(console="off"))
     summaries = define_metrics(run, cfg)
-    assert summaries["val/feat3d_fd/nfe1"] == "min,last" and summaries["ref/feat3d_fd/real"] is None
+    # the objective: no summary option, its plain key set to the best value (ObjectiveSummary)
+    assert summaries["val/feat3d_fd/nfe1"] is None and summaries["val/feat3d_fd/nfe2"] == "min,last"
+    assert summaries["ref/feat3d_fd/real"] is None
+    tracker = ObjectiveSummary("val/feat3d_fd/nfe1", "min")
     values = {"min": [3.0, 1.0, 2.0], "max": [0.1, 0.5, 0.3], None: [5.0, 6.0, 7.0]}  # best at validation 2
     logged = [k for ks in expected_keys(cfg).values() for k in ks if not k.startswith("samples/")]
     for i in range(3):
         row = {k: values[metric_direction(k) if k.startswith("val/") else None][i] for k in logged}
         run.log(row | {"trainer/global_step": 10 * i})
+        run.summary["val/feat3d_fd/nfe1"] = tracker.update(row["val/feat3d_fd/nfe1"])  # as on_validation_end
     run_dir = Path(run.dir).parent
     run.finish()
     leet = Path(sys.executable).parent / "wandb"
     res = subprocess.run([str(leet), "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True)
     summary = _flat(json.loads(res.stdout)["summary"])
-    assert summary["val/feat3d_fd/nfe1.min"] == 1.0 and summary["val/feat3d_fd/nfe1.last"] == 2.0
-    assert "val/feat3d_fd/nfe1" not in summary and summary["val/coverage/nfe1.max"] == 0.5
+    assert summary["val/feat3d_fd/nfe1"] == 1.0  # the plain objective key holds a number: the best value
+    assert summary["val/feat3d_fd/nfe2.min"] == 1.0 and summary["val/feat3d_fd/nfe2.last"] == 2.0
+    assert summary["val/coverage/nfe1.max"] == 0.5
     assert summary["ref/kid/real"] == 7.0  # no summary option: the bare key keeps the last value
 
     out = tmp_path / "dash"
@@ -138,7 +152,7 @@ def test_dashboards_read_the_summary_holding_the_best_value(tmp_path, monkeypatc
     refs = set()
     for name in ("workspace_monitor.json", "report_ablation.json"):
         refs |= summary_refs((out / name).read_text())
-    assert "val/feat3d_fd/nfe1.min" in refs and "ref/kid/real" in refs
+    assert "val/feat3d_fd/nfe1" in refs and "ref/kid/real" in refs
     assert refs <= set(summary), f"dashboards read summaries W&B does not store: {sorted(refs - set(summary))}"
 
 
@@ -181,3 +195,30 @@ def test_without_the_offline_fallback_a_missing_key_is_one_clear_error(tmp_path,
     message = str(err.value)
     assert message.startswith("W&B could not start an online run within 5 s (UsageError: ") and "\n" not in message
     assert "set WANDB_MODE=offline" in message
+
+
+def test_run_name_says_the_arm_and_the_seed():
+    tags = override_tags(["model.prediction_type=x", "loss.norm_p=1.0", "seed=2"])
+    assert run_name(tags, 2) == "prediction_type=x,norm_p=1.0 seed=2"
+    assert run_name([], 0, "u-dual") == "u-dual seed=0"  # no overrides: the config's tag (prediction-conditioning)
+
+
+def test_group_is_the_sweep_its_preset_and_its_launch():
+    assert run_group("demo", None, "2026-01-01_10-00-00") == "demo/2026-01-01_10-00-00"
+    assert run_group("demo", None, "2026-01-01_10-00-00") != run_group("demo", None, "2026-01-02_09-00-00")
+    assert run_group("adhoc", "brain_maisi", None) != run_group("adhoc", "demo_gpu", None)  # presets do not mix
+    assert run_group("brain_maisi", "brain_maisi", None) == "brain_maisi"
+    assert job_type({"optuna": {"trial": 3}}, True) == "optuna-trial"
+    assert job_type({}, True) == "sweep-arm" and job_type({}, False) == "train"
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "best"), [("min", [3.0, 1.0, float("nan"), 2.0], 1.0), ("max", [0.1, 0.5, 0.3], 0.5)]
+)
+def test_objective_summary_keeps_the_best_value(mode, values, best):
+    tracker = ObjectiveSummary("val/feat3d_fd/nfe1", mode)
+    seen = [tracker.update(v) for v in values]
+    assert seen[-1] == best and tracker.state_dict() == {"best": best}
+    again = ObjectiveSummary("val/feat3d_fd/nfe1", mode)
+    again.load_state_dict(tracker.state_dict())  # a resumed run keeps its best
+    assert again.update(values[-1]) == best

@@ -46,7 +46,8 @@ from pytorch_lightning.callbacks import EarlyStopping
 from neuromf.evaluation.cache import StatsCache, tensor_fingerprint
 from neuromf.evaluation.frechet import FeatureStats
 from neuromf.evaluation.ranking import collapsed_set
-from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED, MetricSuite, RealReference
+from neuromf.evaluation.registry import METRICS, interval_keys, metric_direction
+from neuromf.evaluation.suite import FEAT3D_METRICS, MetricSuite, RealReference
 from neuromf.io_atomic import write_json_atomic
 
 __all__ = ["EvaluationCallback", "DEFAULT_OBJECTIVE", "LEGACY_ALIASES"]
@@ -54,16 +55,9 @@ __all__ = ["EvaluationCallback", "DEFAULT_OBJECTIVE", "LEGACY_ALIASES"]
 log = logging.getLogger(__name__)
 
 DEFAULT_OBJECTIVE = "val/feat3d_fd/nfe1"  # ranks the known-quality sets right (neuromf.evaluation.ranking)
-LEGACY_ALIASES = ("swd", "swd_patch", "feat3d_fd", "fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
+LEGACY_ALIASES = tuple(m.name for m in METRICS if m.legacy_alias)
 _NOISE_SALT = 0x0F0E  # reference noise latents: another stream than the evaluation noise
-
-
-def metric_mode(key: str) -> str | None:
-    """'min' / 'max' for a logged key (``val/<metric>[/nfeN]``), None when it has no direction."""
-    base = key.split("/")[1] if key.count("/") >= 1 else key
-    if base in UNRANKED:
-        return None
-    return "max" if base in HIGHER_IS_BETTER else "min"
+_KNN_SALT = 0x6B4E4E  # the k-NN reference subset: another draw than the real-floor subset
 
 
 class EvaluationCallback(pl.Callback):
@@ -81,6 +75,11 @@ class EvaluationCallback(pl.Callback):
         fid_slice_size: 2.5D FID settings; FID runs only when ``fid_weights`` is given.
         feat3d_every_n_epochs, feat3d_enabled, feat3d_input_size: deepbet feature metrics (and MS-SSIM) settings.
         knn_k: k of precision/recall/density/coverage.
+        knn_num_real: size of the k-NN metrics' reference set, a seeded subset of the training latents disjoint
+            from the real-floor set (4 validation volumes saturate them); None or no training latents: the
+            validation set.
+        bootstrap_resamples: resamples of the generated samples for each feature metric's interval, logged as
+            ``val/<metric>/nfeN_se``, ``_ci_lo``, ``_ci_hi`` (0: none).
         msssim_enabled, msssim_kernel, msssim_max_samples: pairwise MS-SSIM diversity settings.
         reference_levels: compute (once per data set, cached) and log the real / noise reference levels.
         objective_key, objective_mode: the key summarised as ``objective`` in summary.json (min / max).
@@ -110,6 +109,8 @@ class EvaluationCallback(pl.Callback):
         feat3d_enabled: bool = True,
         feat3d_input_size: int = 96,
         knn_k: int = 3,
+        knn_num_real: int | None = 64,
+        bootstrap_resamples: int = 200,
         msssim_enabled: bool = True,
         msssim_kernel: int = 5,
         msssim_max_samples: int = 8,
@@ -159,6 +160,9 @@ class EvaluationCallback(pl.Callback):
         self.feat3d_enabled = bool(feat3d_enabled)
         self.feat3d_input_size = int(feat3d_input_size)
         self.knn_k = int(knn_k)
+        self.knn_num_real = int(knn_num_real) if knn_num_real else None
+        self.bootstrap_resamples = int(bootstrap_resamples)
+        self.knn_reference: dict[str, Any] = {}
         self.msssim_enabled = bool(msssim_enabled)
         self.msssim_kernel = int(msssim_kernel)
         self.msssim_max_samples = int(msssim_max_samples)
@@ -201,6 +205,8 @@ class EvaluationCallback(pl.Callback):
             "feat3d_enabled",
             "feat3d_input_size",
             "knn_k",
+            "knn_num_real",
+            "bootstrap_resamples",
             "msssim_enabled",
             "msssim_kernel",
             "msssim_max_samples",
@@ -350,6 +356,8 @@ class EvaluationCallback(pl.Callback):
                 msssim_max_samples=self.msssim_max_samples,
                 batch_size=self.batch_size,
                 device=device,
+                bootstrap_resamples=self.bootstrap_resamples,
+                bootstrap_seed=self.seed,
             )
         self._suite.device = torch.device(device)
         return self._suite
@@ -369,6 +377,19 @@ class EvaluationCallback(pl.Callback):
             return None
         return z
 
+    def _knn_latents(self, dm, floor: torch.Tensor | None) -> torch.Tensor | None:
+        """The k-NN reference set: up to ``knn_num_real`` seeded training latents (N', C, D, H, W) that are not in
+        the real-floor set; None (the validation set is used) without training latents or when off."""
+        if not self.knn_num_real or not hasattr(dm, "train_latents"):
+            return None
+        extra = 0 if floor is None else floor.shape[0]
+        z = dm.train_latents(self.knn_num_real + extra, seed=self.seed ^ _KNN_SALT).detach().float().cpu()
+        if floor is not None and z.shape[0]:
+            same = (z.flatten(1)[:, None, :] == floor.flatten(1)[None, :, :]).all(-1).any(1)
+            z = z[~same]
+        z = z[: self.knn_num_real]
+        return z if z.shape[0] > self.knn_k else None
+
     @staticmethod
     def _template(dm, real: torch.Tensor, limit: int = 512) -> torch.Tensor:
         """Mean of (up to `limit`) training latents, (C, D, H, W); the validation latents' mean without them.
@@ -387,6 +408,7 @@ class EvaluationCallback(pl.Callback):
         if self._dkey is None:  # hashing the reference set once per fit is enough
             self._dkey = self._dataset_key(dm, real)
         train = self._train_latents(dm) if self.reference_levels else None
+        knn = self._knn_latents(dm, train) if self._feat3d is not None else None
         # the mean training volume (or of the validation set): template_corr checks samples have brain structure
         template = self._template(dm, real)
         key = {
@@ -396,6 +418,7 @@ class EvaluationCallback(pl.Callback):
             "levels": self.reference_levels,
             "num_samples": self.num_samples,
             "train": tensor_fingerprint(train) if train is not None else None,
+            "knn": tensor_fingerprint(knn) if knn is not None else None,
             "template": tensor_fingerprint(template),  # template_corr levels are part of the cache
         }
 
@@ -408,6 +431,9 @@ class EvaluationCallback(pl.Callback):
             t: dict[str, torch.Tensor] = {}
             if ref.feat3d is not None:
                 t["real/feat3d"] = ref.feat3d
+                if knn is not None:  # features computed once, cached with the real ones
+                    ref.knn_feat3d = t["real/knn_feat3d"] = suite.features(knn, fid=False, msssim=False)["feat3d"]
+                    ref.knn_set = "train"
             if ref.msssim is not None:
                 t["real/msssim"] = torch.tensor([ref.msssim], dtype=torch.float64)
             for plane, st in (ref.fid or {}).items():
@@ -430,9 +456,24 @@ class EvaluationCallback(pl.Callback):
                 p: FeatureStats.from_tensors({q: t[f"real/fid/{p}/{q}"] for q in ("mu", "sigma", "n")}) for p in planes
             }
         msssim = float(t["real/msssim"]) if "real/msssim" in t else None
+        knn_feat = t.get("real/knn_feat3d")
         self._ref = RealReference(
-            latents=real, feat3d=t.get("real/feat3d"), fid=fid, msssim=msssim, extra={"template": template}
+            latents=real,
+            feat3d=t.get("real/feat3d"),
+            knn_feat3d=knn_feat,
+            knn_set="train" if knn_feat is not None else "validation",
+            fid=fid,
+            msssim=msssim,
+            extra={"template": template},
         )
+        if self._ref.feat3d is not None:
+            knn_n = int((knn_feat if knn_feat is not None else self._ref.feat3d).shape[0])
+            what = (
+                "training latents (seeded subset, disjoint from the real-floor set)"
+                if knn_feat is not None
+                else ("validation latents")
+            )
+            self.knn_reference = {"set": self._ref.knn_set, "size": knn_n, "description": what, "k": self.knn_k}
         self.reference = {k: float(v) for k, v in t.items() if k.startswith("ref/")}
         return self._ref
 
@@ -453,8 +494,9 @@ class EvaluationCallback(pl.Callback):
         metrics: dict[str, float] = {}
         for i, nfe in enumerate(self.nfe_list):
             fake = self.generate(pl_module, ref.latents.shape[1:], nfe)
-            values = suite(fake, ref, feat3d=feat3d, fid=fid, msssim=feat3d or fid)
+            values, spread = suite.measure(fake, ref, feat3d=feat3d, fid=fid, msssim=feat3d or fid)
             metrics |= {f"val/{m}/nfe{nfe}": v for m, v in values.items()}
+            metrics |= {f"val/{m}/nfe{nfe}_{b}": v for m, bounds in spread.items() for b, v in bounds.items()}
             if i == 0:
                 metrics |= {f"val/{m}": v for m, v in values.items() if m in LEGACY_ALIASES}
         return metrics
@@ -462,7 +504,7 @@ class EvaluationCallback(pl.Callback):
     def _update(self, metrics: dict[str, float], epoch: int, step: int, seconds: float) -> None:
         self.history.append({"epoch": epoch, "step": step, "seconds": round(seconds, 3)} | metrics)
         for name, value in metrics.items():
-            mode = metric_mode(name)
+            mode = metric_direction(name)
             if mode is None or not math.isfinite(value):
                 continue
             better = name not in self.best or (
@@ -470,6 +512,8 @@ class EvaluationCallback(pl.Callback):
             )
             if better:
                 self.best[name] = {"value": value, "epoch": epoch, "step": step}
+                # the evaluation's own bootstrap interval of that value (neuromf.evaluation.bootstrap)
+                self.best[name] |= {b: metrics[k] for b, k in interval_keys(name).items() if k in metrics}
 
     def _write_summary(self, trainer: pl.Trainer, finished: bool) -> None:
         out = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "eval"
@@ -482,6 +526,8 @@ class EvaluationCallback(pl.Callback):
             "objective_key": self.objective_key,
             "objective_mode": self.objective_mode,
             "objective": self.best_value(self.objective_key),
+            "objective_interval": {b: self.best.get(self.objective_key, {}).get(b) for b in ("se", "ci_lo", "ci_hi")},
+            "knn_reference": self.knn_reference,
             "best": self.best,
             "last": self.history[-1] if self.history else None,
             "reference": reference,

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from neuromf.evaluation.bootstrap import feature_intervals
 from neuromf.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
+from neuromf.evaluation.registry import METRICS, metrics_needing
 from neuromf.evaluation.sample_metrics import kid, pairwise_msssim, prdc
 from neuromf.evaluation.swd import patch_sliced_wasserstein, sliced_wasserstein
 
@@ -29,17 +31,21 @@ __all__ = ["FEAT3D_METRICS", "HIGHER_IS_BETTER", "MetricSuite", "RealReference",
 
 log = logging.getLogger(__name__)
 
-FEAT3D_METRICS = ("feat3d_fd", "kid", "precision", "recall", "density", "coverage")
-HIGHER_IS_BETTER = frozenset({"precision", "recall", "density", "coverage", "template_corr", "template_corr_min"})
-UNRANKED = frozenset({"msssim", "eval_time_s"})  # no better/worse direction (diversity: compare with the real one)
+# views of the metric registry (neuromf.evaluation.registry)
+FEAT3D_METRICS = metrics_needing("feat3d")
+HIGHER_IS_BETTER = frozenset(m.name for m in METRICS if m.direction == "max")
+UNRANKED = frozenset(m.name for m in METRICS if m.direction is None)  # diversity: compare with the real one
 
 
 @dataclass
 class RealReference:
-    """The real set: latents (N, C, D, H, W), deepbet features (N, 256), FID stats per plane, its own MS-SSIM."""
+    """The real set: latents (N, C, D, H, W), deepbet features (N, 256), FID stats per plane, its own MS-SSIM;
+    knn_feat3d (N', 256): the k-NN metrics' reference features (None: feat3d), knn_set: what that set is."""
 
     latents: torch.Tensor
     feat3d: torch.Tensor | None = None
+    knn_feat3d: torch.Tensor | None = None
+    knn_set: str = "validation"
     fid: dict[str, FeatureStats] | None = None
     msssim: float | None = None
     extra: dict = field(default_factory=dict)
@@ -70,6 +76,8 @@ class MetricSuite:
         msssim: compute the pairwise MS-SSIM diversity; msssim_kernel: its Gaussian kernel size.
         msssim_max_samples: at most this many volumes per set enter the diversity (pairs grow quadratically).
         batch_size: decoding batch size.
+        bootstrap_resamples, bootstrap_seed: resamples of the generated samples for the intervals of
+            ``measure`` (0: none).
     """
 
     def __init__(
@@ -86,12 +94,15 @@ class MetricSuite:
         msssim_max_samples: int = 8,
         batch_size: int = 8,
         device: torch.device | str = "cpu",
+        bootstrap_resamples: int = 0,
+        bootstrap_seed: int = 0,
     ) -> None:
         self.decode, self.feat3d, self.fid = decode, feat3d, fid
         self.swd_projections, self.swd_p, self.seed = int(swd_projections), float(swd_p), int(seed)
         self.knn_k, self.msssim, self.msssim_kernel = int(knn_k), bool(msssim), int(msssim_kernel)
         self.msssim_max_samples = int(msssim_max_samples)
         self.batch_size, self.device = int(batch_size), torch.device(device)
+        self.bootstrap_resamples, self.bootstrap_seed = int(bootstrap_resamples), int(bootstrap_seed)
 
     def config(self) -> dict:
         """What determines the values (for the reference-level cache key)."""
@@ -154,9 +165,24 @@ class MetricSuite:
     def __call__(
         self, latents: torch.Tensor, ref: RealReference, feat3d: bool = True, fid: bool = True, msssim: bool = True
     ) -> dict[str, float]:
-        """Metrics of latents (M, C, D, H, W) against ref -> {name: value} (names in the module docstring).
+        """Metrics of latents (M, C, D, H, W) against ref -> {name: value} (names in the module docstring)."""
+        return self.measure(latents, ref, feat3d=feat3d, fid=fid, msssim=msssim, intervals=False)[0]
+
+    def measure(
+        self,
+        latents: torch.Tensor,
+        ref: RealReference,
+        feat3d: bool = True,
+        fid: bool = True,
+        msssim: bool = True,
+        intervals: bool = True,
+    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Metrics of latents (M, C, D, H, W) against ref -> ({name: value}, {name: {"se", "ci_lo", "ci_hi"}}):
+        the bootstrap intervals (``neuromf.evaluation.bootstrap``, ``bootstrap_resamples`` > 0) of the feature
+        metrics, from the features computed once.
 
         Non-finite latents give inf distances and 0 precision/recall/density/coverage without decoding."""
+        spread: dict[str, dict[str, float]] = {}
         real = ref.latents.to(latents.device)
         out = {
             "swd": float(
@@ -183,11 +209,15 @@ class MetricSuite:
                 out |= {f"fid_{p}": math.inf for p in ref.fid} | {"fid_mean": math.inf}
             if msssim and self.msssim:
                 _skip("msssim", "non-finite samples")
-            return out
+            return out, spread
         msssim = msssim and self.msssim and ref.msssim is not None
         f = self.features(latents, feat3d=feat3d, fid=fid, msssim=msssim)
         if "feat3d" in f:
-            out |= self.feature_metrics(f["feat3d"], ref.feat3d)
+            out |= self.feature_metrics(f["feat3d"], ref.feat3d, ref.knn_feat3d)
+            if intervals and self.bootstrap_resamples > 0:
+                spread = feature_intervals(
+                    f["feat3d"], ref.feat3d, ref.knn_feat3d, self.knn_k, self.bootstrap_resamples, self.bootstrap_seed
+                )
         if "fid" in f:
             if f["fid"][next(iter(f["fid"]))].shape[0] < 2:
                 _skip("fid", "fewer than 2 slices")
@@ -198,11 +228,13 @@ class MetricSuite:
         if ref.extra.get("template") is not None:
             corr = template_correlation(latents, ref.extra["template"].to(latents.device))
             out |= {"template_corr": float(corr.median()), "template_corr_min": float(corr.min())}
-        return out
+        return out, spread
 
-    def feature_metrics(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-        """feat3d_fd, kid, precision, recall, density, coverage of fake (M, F) vs real (N, F); each one that
-        cannot be computed is left out with one logged line."""
+    def feature_metrics(
+        self, fake: torch.Tensor, real: torch.Tensor, knn_real: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """feat3d_fd, kid of fake (M, F) vs real (N, F); precision, recall, density, coverage vs knn_real (N', F)
+        (default real); each one that cannot be computed is left out with one logged line."""
         out: dict[str, float] = {}
         m, n = fake.shape[0], real.shape[0]
         if m < 2 or n < 2:
@@ -210,11 +242,12 @@ class MetricSuite:
         else:
             out["feat3d_fd"] = frechet_distance(feature_stats(fake), feature_stats(real))
             out["kid"] = kid(fake, real)
-        if min(m, n) <= self.knn_k:
+        knn_real = real if knn_real is None else knn_real
+        if min(m, knn_real.shape[0]) <= self.knn_k:
             _skip(
                 "precision, recall, density, coverage",
-                f"{m} generated / {n} real samples, k-NN with k={self.knn_k} needs more than k of each",
+                f"{m} generated / {knn_real.shape[0]} real samples, k-NN with k={self.knn_k} needs more than k of each",
             )
         else:
-            out |= prdc(fake, real, k=self.knn_k)
+            out |= prdc(fake, knn_real, k=self.knn_k)
         return out

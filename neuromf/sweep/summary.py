@@ -13,7 +13,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from neuromf.evaluation.registry import metric_direction
 from neuromf.io_atomic import write_text_atomic
+from neuromf.report_intervals import run_interval
 from neuromf.tracking.metrics import device_count, load_sweep, read_config
 from neuromf.tracking.redact import redact
 from neuromf.tracking.run import read_status, write_redacted_json
@@ -62,7 +64,9 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
 
 
 def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> list[dict]:
-    """One row per run dir of the sweep: job, overrides, status, reason, objective, and for pruned runs the
+    """One row per run dir of the sweep: job, overrides, status, reason, objective key, its direction
+    (``objective_mode``: the run's, else the metric registry's), objective and the standard error its evaluation
+    logged beside it (``objective_se``), and for pruned runs the
     step they stopped at and the device-hours that saved (estimated; column `saved_gpu_h`); written as JSON and CSV,
     redacted (neuromf/tracking/redact.py). `planned` (planned_jobs): the jobs of a grid, each without a run dir
     listed as "not started"."""
@@ -76,6 +80,9 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
     for run in runs:
         objective = run.objective if run.objective is not None and math.isfinite(run.objective) else None
         saved = pruning_savings(run.path, run.status_data)
+        # the direction: the run's objective_mode, else the registry's for the key
+        mode = (run.config or {}).get("objective_mode") or metric_direction(run.objective_key or "")
+        spread = run_interval(run, run.objective_key, mode) if objective is not None else None
         rows.append(
             {
                 "job": run.path.name,
@@ -83,7 +90,9 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
                 "status": run.status,
                 "reason": run.reason,
                 "objective_key": run.objective_key,
+                "objective_mode": mode,
                 "objective": objective,
+                "objective_se": (spread or {}).get("se"),
                 "pruned_step": saved.get("pruned_step"),
                 "saved_gpu_h": saved.get("saved_gpu_h"),
             }
@@ -92,7 +101,8 @@ def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> 
     for number, overrides in enumerate(planned or []):
         if str(number) not in seen:
             rows.append({"job": str(number), "overrides": " ".join(overrides), "status": "not started",
-                         "reason": None, "objective_key": None, "objective": None, "pruned_step": None,
+                         "reason": None, "objective_key": None, "objective_mode": None, "objective": None,
+                         "objective_se": None, "pruned_step": None,
                          "saved_gpu_h": None})  # fmt: skip
     rows.sort(key=lambda r: (0, int(r["job"]), "") if r["job"].isdigit() else (1, 0, r["job"]))
     write_redacted_json(sweep_dir / "sweep_summary.json", {"sweep_dir": str(sweep_dir), "runs": rows})

@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from neuromf.evaluation.callback import LEGACY_ALIASES  # val/<m> = val/<m>/nfe<first NFE>
-from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED
+from neuromf.evaluation.registry import INTERVAL_SUFFIXES, METRICS, metrics_needing, spec
+from neuromf.evaluation.registry import metric_direction as metric_direction
 
 STEP_KEY = "trainer/global_step"  # Lightning's WandbLogger x axis
-LATENT_METRICS = ("swd", "swd_patch", "template_corr", "template_corr_min")  # on latents: always computed
-FID_METRICS = ("fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
+# views of the metric registry (neuromf.evaluation.registry)
+LATENT_METRICS = metrics_needing("latents")  # on latents: always computed
+FEAT3D_METRICS = metrics_needing("feat3d")
+FID_METRICS = metrics_needing("fid")
+LEGACY_ALIASES = tuple(m.name for m in METRICS if m.legacy_alias)  # val/<m> = val/<m>/nfe<first NFE>
 _BASE = re.compile(r"^(?:val|ref)/([^/]+)")
 
 
@@ -24,30 +27,20 @@ def metric_base(key: str) -> str | None:
     return m.group(1) if m else None
 
 
-def metric_direction(key: str) -> str | None:
-    """'min' / 'max' for a loss or evaluation key, None for keys without a better direction."""
-    base = metric_base(key)
-    if base is None:
-        return "min" if key.startswith("train/loss") else None
-    if base in HIGHER_IS_BETTER:
-        return "max"
-    if base in UNRANKED or base == "nfe_consistency":
-        return None
-    return "min"
-
-
 def summary_mode(key: str, cfg: dict[str, Any] | None = None) -> str | None:
-    """'min' / 'max': the W&B summary that keeps the best value of ``key`` (losses and evaluation metrics; the
-    objective follows ``cfg``'s ``objective_mode``, as the report ranks); None: W&B's default, the last value."""
-    if cfg and key == cfg.get("objective") and cfg.get("objective_mode"):
-        return str(cfg["objective_mode"])
+    """'min' / 'max': the W&B summary that keeps the best value of ``key`` (losses and evaluation metrics);
+    None: no summary option — W&B's default (the last value), and for ``cfg``'s ``objective`` its plain key,
+    which ``neuromf.tracking.wandb_setup.ObjectiveSummary`` sets to the best value over validations (by
+    ``objective_mode``, as the report ranks), so that the plain objective key holds a number."""
+    if cfg and key == cfg.get("objective"):
+        return None
     return metric_direction(key) if key.startswith(("val/", "train/loss")) else None
 
 
 def summary_name(key: str, mode: str | None) -> str:
     """Name of a run-summary value in W&B's runs table and panels. With ``define_metric(summary="min,last")``
     W&B stores ``{"min": .., "last": ..}`` under the key, shown as ``key.min`` / ``key.last``; without a
-    summary option the bare key holds the last value."""
+    summary option (``mode`` None, and the objective) the bare key holds the value."""
     return f"{key}.{mode}" if mode else key
 
 
@@ -95,10 +88,14 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     metrics = eval_metrics(cfg)
     nfes = [int(n) for n in ev.get("nfe_list", [])] if metrics else []
     evaluation = [f"val/{m}/nfe{n}" for m in metrics for n in nfes]
+    if int(ev.get("bootstrap_resamples", 0) or 0) > 0:  # the bootstrap interval beside each value
+        bounded = [m for m in metrics if spec(m).interval]
+        evaluation += [f"val/{m}/nfe{n}{s}" for m in bounded for n in nfes for s in INTERVAL_SUFFIXES]
     evaluation += [f"val/{m}" for m in metrics if m in LEGACY_ALIASES]
     evaluation += ["val/eval_time_s"] if metrics else []
     levels = ("real", "collapsed", "noise")  # the evaluation's reference sets (neuromf/evaluation/callback.py)
-    ref = [f"ref/{m}/{lvl}" for m in metrics for lvl in levels] if ev.get("reference_levels") else []
+    ref = [f"ref/{m}/{lvl}" for m in metrics if spec(m).reference_levels for lvl in levels]
+    ref = ref if ev.get("reference_levels") else []
     samples_cfg = _get(cfg, "callbacks.samples", {}) or {}
     samples = (
         [f"samples/nfe_{n}" for n in sorted(samples_cfg.get("nfe_list", []))] if samples_cfg.get("enabled") else []

@@ -1,12 +1,15 @@
 """The W&B logger of a run: offline unless an API key is available, one run id per run dir (requeues resume it),
-grouped by sweep, tagged with the overridden keys."""
+named by arm and seed, grouped by sweep and launch, tagged with the overridden keys; the plain objective key of
+the summary holds the best value over validations (``ObjectiveSummary``)."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 
+import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -28,6 +31,39 @@ def override_tags(overrides: list[str]) -> list[str]:
     return [redact_text(o.lstrip("+~")) for o in overrides if is_arm_key(parse_override(o)[0])]
 
 
+def run_name(tags: list[str], seed, tag: str | None = None) -> str:
+    """The run's display name: its arm (the overridden keys' last parts and values, else the config's ``tag``)
+    and seed: ['model.prediction_type=x', 'loss.norm_p=1.0'], 1 -> 'prediction_type=x,norm_p=1.0 seed=1'."""
+    arm = ",".join(t.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + t.split("=", 1)[1] for t in tags if "=" in t)
+    return f"{arm or tag or 'default'} seed={seed}"[:128]
+
+
+def _hydra_context() -> tuple[list[str], str | None, str | None, bool]:
+    """(task overrides, experiment preset, launch = the multirun's sweep dir name, multirun?) of this job."""
+    if not HydraConfig.initialized():
+        return [], None, None, False
+    hc = HydraConfig.get()
+    multirun = str(hc.mode).endswith("MULTIRUN")
+    choices = dict(hc.runtime.choices or {})
+    experiment = choices.get("experiment")
+    launch = Path(str(hc.sweep.dir)).name if multirun and hc.sweep.dir else None
+    return list(hc.overrides.task), (None if experiment in (None, "null") else experiment), launch, multirun
+
+
+def run_group(sweep_name: str, experiment: str | None, launch: str | None) -> str:
+    """W&B group: the sweep, the preset when it is not already the sweep's name, and the launch (the sweep dir's
+    timestamp): a relaunch into the same sweep dir resumes its group, a new launch or another preset gets its own."""
+    preset = experiment if experiment != sweep_name else None
+    return "/".join(str(p) for p in (sweep_name, preset, launch) if p)
+
+
+def job_type(cfg: DictConfig, multirun: bool) -> str:
+    """'optuna-trial' (a trial of an Optuna study), 'sweep-arm' (a grid multirun's job) or 'train'."""
+    if (cfg.get("optuna") or {}).get("trial") is not None:
+        return "optuna-trial"
+    return "sweep-arm" if multirun else "train"
+
+
 # What W&B records as the run's program: the training entry point, also when a launcher's own module is the
 # process's __main__ (submitit runs jobs as `python -m submitit.core._submit <folder>`).
 PROGRAM = "-m neuromf.train"
@@ -37,19 +73,20 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str, mode: str | N
     """Lightning's WandbLogger for the run, its W&B run started (argv redacted); `mode` overrides the configured one."""
     from pytorch_lightning.loggers import WandbLogger
 
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    overrides, experiment, launch, multirun = _hydra_context()
     tags = override_tags(overrides)
-    name = f"{cfg.sweep_name}-{run_dir.name}" if tags else run_dir.name
+    group = run_group(cfg.sweep_name, experiment, launch)
+    labels = [f"sweep:{cfg.sweep_name}", f"seed:{cfg.get('seed')}", *([f"preset:{experiment}"] if experiment else [])]
     logger = WandbLogger(
         project=cfg.logger.wandb.project,
         entity=cfg.logger.wandb.entity,
         save_dir=str(run_dir),
         id=run_id,
         resume="allow",
-        group=cfg.sweep_name,
-        job_type="train",
-        tags=[t[:64] for t in tags],
-        name=name,
+        group=group,
+        job_type=job_type(cfg, multirun),
+        tags=[t[:64] for t in [*tags, *labels]],
+        name=run_name(tags, cfg.get("seed"), cfg.get("tag")),
         mode=mode or wandb_mode(cfg.logger.wandb.mode),
         settings=_settings(cfg),
     )
@@ -104,7 +141,8 @@ def define_metrics(run, cfg: dict) -> dict[str, str | None]:
     the losses, evaluation metrics and objective the resolved config ``cfg`` logs (``neuromf.tracking.keys``).
 
     W&B stores such a summary nested (``key.min``, ``key.last``; ``neuromf.tracking.keys.summary_name``); the
-    other keys get no summary option, so their bare key keeps the last value. Returns {key: summary or None}."""
+    other keys get no summary option, so their bare key keeps the last value; the objective's plain key holds its
+    best value (``ObjectiveSummary``). Returns {key: summary or None}."""
     from neuromf.tracking.keys import STEP_KEY, expected_keys, summary_mode
 
     run.define_metric(STEP_KEY)
@@ -118,3 +156,38 @@ def define_metrics(run, cfg: dict) -> dict[str, str | None]:
         run.define_metric(key, step_metric=STEP_KEY, **({"summary": summary} if summary else {}))
         summaries[key] = summary
     return summaries
+
+
+class ObjectiveSummary(pl.Callback):
+    """Keeps the plain objective key of every W&B run's summary at the best value over validations (by ``mode``;
+    the objective has no ``define_metric`` summary option, so W&B would show its last value).
+
+    Runs at ``on_validation_end``, after Lightning has sent the epoch's metrics to the loggers."""
+
+    def __init__(self, objective: str, mode: str = "min") -> None:
+        self.objective, self.mode = str(objective), str(mode)
+        self.best: float | None = None
+
+    def update(self, value: float) -> float | None:
+        """Fold one validation's value in -> the best so far (non-finite values never count)."""
+        if math.isfinite(value) and (
+            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        ):
+            self.best = value
+        return self.best
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.objective)
+        if trainer.sanity_checking or value is None or self.update(float(value)) is None:
+            return
+        from pytorch_lightning.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                logger.experiment.summary[self.objective] = self.best
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
