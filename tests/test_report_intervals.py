@@ -18,7 +18,8 @@ def _run(run_dir, pred, values, se):
     (run_dir / ".hydra").mkdir(parents=True)
     overrides = [f"model.prediction_type={pred}", "seed=0"]
     (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (run_dir / ".hydra" / "config.yaml").write_text(f"seed: 0\nobjective: {KEY}\nobjective_mode: min\n")
+    config = f"seed: 0\nobjective: {KEY}\nobjective_mode: min\nmodel:\n  prediction_type: {pred}\n"  # as resolved
+    (run_dir / ".hydra" / "config.yaml").write_text(config)
     lines = [f"step,epoch,{KEY},{KEY}_se,{KEY}_ci_lo,{KEY}_ci_hi"]
     for i, (v, s) in enumerate(zip(values, se, strict=True)):
         lines.append(f"{2 * (i + 1)},{i},{v},{s},{v - 2 * s},{v + 2 * s}")
