@@ -55,7 +55,21 @@ BASE = dict(
     minority=0.375,
     channels=(8, 16, 16),
     jvp="exact_fused",
+    objective="imf",  # imf (iMF; MeanFlow with use_v_head=False) | fm | alphaflow | splitmeanflow | warmstart
+    budget_fm_steps=0,  # > 0: steps from equal compute (the FLOPs of this many FM steps; neuromf/training/budget.py)
 )
+# the one-step objectives at equal compute (uniform pairs, which keep the shares for iMF; README, Mode balance)
+OBJECTIVE_SETTINGS = {
+    f"obj-{name}": dict(objective=name, distribution="uniform", **extra)
+    for name, extra in (
+        ("fm", dict(use_v_head=False)),
+        ("imf", {}),
+        ("meanflow", dict(use_v_head=False, data_proportion=0.75)),
+        ("alphaflow", {}),
+        ("splitmeanflow", dict(use_v_head=False)),
+        ("warmstart", {}),
+    )
+}
 SETTINGS = {
     "default": {},
     "l2": dict(norm_p=0.0),
@@ -64,7 +78,25 @@ SETTINGS = {
     "meanflow": dict(use_v_head=False, data_proportion=0.75),
     "uniform": dict(distribution="uniform"),  # t, r from uniform pairs: the mode-decision window t > 0.94 is trained
     "uniform-l2": dict(distribution="uniform", norm_p=0.0),
+    **OBJECTIVE_SETTINGS,
 }
+
+
+def build_objective(cfg: dict, sampler: TimeSampler):
+    """The training objective of a setting; schedules in steps scaled to the run's length."""
+    from neuromf.meanflow import AlphaFlowObjective, FlowMatchingObjective, SplitMeanFlowObjective, WarmStartObjective
+
+    common = dict(norm_p=cfg["norm_p"], norm_eps=cfg["norm_eps"], time_sampler=sampler)
+    name, steps = cfg["objective"], cfg["steps"]
+    if name == "fm":
+        return FlowMatchingObjective(**common)
+    if name == "splitmeanflow":
+        return SplitMeanFlowObjective(**common)
+    if name == "alphaflow":  # alpha 1 -> 0 over the first 2/3 of the run (then the MeanFlow / iMF target)
+        return AlphaFlowObjective(jvp=cfg["jvp"], anneal_start=0, anneal_end=max(1, 2 * steps // 3), **common)
+    if name == "warmstart":  # FM for the first 1/3, the r = t share ramped to data_proportion over the next 1/6
+        return WarmStartObjective(jvp=cfg["jvp"], fm_steps=steps // 3, ramp_steps=steps // 6, **common)
+    return MeanFlowObjective(jvp=cfg["jvp"], **common)
 
 
 def templates(size: int = SIZE) -> Tensor:
@@ -118,7 +150,7 @@ def train(cfg: dict, seed: int, every: int = 0, trace: list | None = None) -> tu
     net = build_model(cfg, seed)
     ema = copy.deepcopy(net).requires_grad_(False)
     sampler = TimeSampler(cfg["distribution"], mu=cfg["mu"], sigma=cfg["sigma"], data_proportion=cfg["data_proportion"])
-    obj = MeanFlowObjective(jvp=cfg["jvp"], norm_p=cfg["norm_p"], norm_eps=cfg["norm_eps"], time_sampler=sampler)
+    obj = build_objective(cfg, sampler)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.0)
     g = torch.Generator().manual_seed(1000 + seed)
     order = torch.randperm(len(x), generator=g)
@@ -128,7 +160,7 @@ def train(cfg: dict, seed: int, every: int = 0, trace: list | None = None) -> tu
             order, pos = torch.randperm(len(x), generator=g), 0
         batch = x[order[pos : pos + cfg["batch"]]]
         pos += cfg["batch"]
-        loss, _ = obj(net, batch, generator=g)
+        loss, _ = obj(net, batch, generator=g, step=step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -138,16 +170,20 @@ def train(cfg: dict, seed: int, every: int = 0, trace: list | None = None) -> tu
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1.0 - decay)
         if every and (step + 1) % every == 0 and trace is not None:
-            trace.append((step + 1, evaluate(net, nfe_list=(1,))["share1"], evaluate(ema, nfe_list=(1,))["share1"]))
+            sampler_kind = obj.sampler
+            trace.append(
+                (step + 1, evaluate(net, (1,), sampler=sampler_kind)["share1"],
+                 evaluate(ema, (1,), sampler=sampler_kind)["share1"])
+            )  # fmt: skip
     return net, ema
 
 
-def evaluate(net, n: int = 64, nfe_list=(1, 4), seed: int = 1234) -> dict[str, float]:
+def evaluate(net, nfe_list=(1, 4), n: int = 64, seed: int = 1234, sampler: str = "average") -> dict[str, float]:
     """Minority share and median nearest-template correlation of n samples from fixed noise, per nfe."""
     eps = noise_like((n, 1, SIZE, SIZE, SIZE), seed)
     out = {}
     for nfe in nfe_list:
-        mode, corr = assign(sample(net, eps, nfe), templates())
+        mode, corr = assign(sample(net, eps, nfe, sampler=sampler), templates())
         out[f"share{nfe}"] = float(mode.float().mean())
         out[f"sharp{nfe}"] = float(corr.median())
     return out
@@ -163,19 +199,43 @@ def parse_setting(name: str) -> dict:
     return out
 
 
-def run(name: str, seed: int, steps: int | None = None, every: int = 0) -> dict:
+def run(name: str, seed: int, steps: int | None = None, every: int = 0, budget_fm_steps: int = 0) -> dict:
     cfg = {**BASE, **parse_setting(name)}
+    if budget_fm_steps:
+        cfg["budget_fm_steps"] = budget_fm_steps
     if steps is not None:
         cfg["steps"] = steps
+    row = {"setting": name, "seed": seed}
+    if cfg["budget_fm_steps"] > 0:  # equal compute: the steps this objective's counted step cost pays for
+        row.update(budget_steps(cfg, seed))
+        cfg["steps"] = row["steps"]
     t0 = time.time()
     trace: list = []
     net, ema = train(cfg, seed, every, trace)
-    row = {"setting": name, "seed": seed, "steps": cfg["steps"], "train_s": round(time.time() - t0, 1)}
+    row.update(steps=cfg["steps"], train_s=round(time.time() - t0, 1))
     if trace:
         row["trace"] = trace
-    row.update(evaluate(net))
-    row.update({f"ema_{k}": v for k, v in evaluate(ema).items()})
+    kind = build_objective(cfg, TimeSampler()).sampler
+    row.update(evaluate(net, sampler=kind))
+    row.update({f"ema_{k}": v for k, v in evaluate(ema, sampler=kind).items()})
     return row
+
+
+def budget_steps(cfg: dict, seed: int) -> dict:
+    """Steps at equal compute: budget = budget_fm_steps FM steps' FLOPs on this network and batch; the
+    objective's schedules are scaled to the steps it buys (two passes: the schedule follows the run's length)."""
+    from neuromf.training.budget import resolve_budget
+
+    x, _ = dataset(minority=cfg["minority"], seed=seed)
+    net = build_model(cfg, seed)
+    sampler = TimeSampler(cfg["distribution"], mu=cfg["mu"], sigma=cfg["sigma"], data_proportion=cfg["data_proportion"])
+    probe = dict(cfg, steps=cfg["budget_fm_steps"])
+    for _ in range(2):
+        got = resolve_budget(
+            {"fm_steps": cfg["budget_fm_steps"]}, build_objective(probe, sampler), net, x[: cfg["batch"]]
+        )
+        probe["steps"] = got["steps"]
+    return {"steps": got["steps"], "cost_vs_fm": got["step_cost_vs_fm"]}
 
 
 def table(rows: list[dict]) -> str:
@@ -197,13 +257,19 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--every", type=int, default=0, help="trace the 1-step share every this many steps")
+    p.add_argument(
+        "--budget-fm-steps",
+        type=int,
+        default=0,
+        help="equal compute: each setting's steps from the FLOPs of this many FM steps",
+    )
     p.add_argument("--json", default=None, help="append one JSON line per run to this file")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
     for name in a.settings.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            row = run(name, seed, a.steps, a.every)
+            row = run(name, seed, a.steps, a.every, a.budget_fm_steps)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if a.json:

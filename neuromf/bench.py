@@ -15,7 +15,7 @@ former form (a v-head pass with its graph). `jvp_only` times torch.func.jvp alon
 Timing: CUDA events (or perf_counter on CPU) after warm-up, median of `steps`. Memory:
 torch.cuda.max_memory_allocated per case (CUDA only) and, on every device, the bytes of tensors saved for backward by
 one step (autograd saved-tensor hooks, deduplicated by storage).
-Achieved TFLOP/s per case: the FLOPs of one step counted with FlopCounterMode (neuromf.bench_cost.count_flops, the
+Achieved TFLOP/s per case: the FLOPs of one step counted with FlopCounterMode (neuromf.training.budget.count_flops, the
 eager step's FLOPs: a compiled function runs eagerly under the counter) / the median step time.
 Step-time targets: MeanFlow <= 1.5x and iMF <= 2.0x the *fastest* FM step measured, compiled or eager: a
 `--compile` run also times the eager FM step (`fm_eager`, on an uncompiled copy of the network), `--baseline` adds the
@@ -41,7 +41,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from neuromf.bench_cost import count_flops
 from neuromf.io_atomic import write_json_atomic
 from neuromf.meanflow import MeanFlowObjective
 from neuromf.meanflow.jvp import JVP_STRATEGIES, jvp_exact
@@ -51,6 +50,7 @@ from neuromf.models.compile_utils import (
     compiled_time_derivative,
     enable_gradient_checkpointing,
 )
+from neuromf.training.budget import count_flops
 
 PRESETS = {
     # production: conf/model/maisi.yaml, 4 x 48^3 latents

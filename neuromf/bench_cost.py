@@ -42,13 +42,12 @@ import sys
 import time
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
 from neuromf.meanflow import AlphaFlowObjective, MeanFlowObjective, SplitMeanFlowObjective
 from neuromf.models import MeanFlowUNet
+from neuromf.training.budget import countable_forward_ad
 
 # one row per objective (fm_warmstart / imf_schedule cost as meanflow / imf: schedules only)
 COST_KINDS = ("fm", "meanflow", "imf", "imf_separate", "alphaflow", "splitmeanflow")
@@ -56,27 +55,6 @@ NO_JVP_KINDS = ("alphaflow", "splitmeanflow")  # JVP-free targets: one row each,
 GPUS_GIB = {"40GB": 40536 / 1024, "80GB": 81251 / 1024}  # total memory nvidia-smi reports for A100 40 / 80 GB
 USABLE_FRACTION, RESERVED_GIB = 0.92, 1.0
 OPTIMIZER_BYTES_PER_PARAM = {"weights": 4, "grads": 4, "adamw": 8, "ema": 4}
-
-
-@contextlib.contextmanager
-def _countable_forward_ad():
-    """fwAD.make_dual/unpack_dual outside dispatch modes: under FlopCounterMode the dual is otherwise built by the
-    native kernel and trips an internal assert (PyTorch 2.13). Counting only; restored on exit."""
-    make, unpack = fwAD.make_dual, fwAD.unpack_dual
-
-    def make_dual(*a, **k):
-        with _disable_current_modes():
-            return make(*a, **k)
-
-    def unpack_dual(*a, **k):
-        with _disable_current_modes():
-            return unpack(*a, **k)
-
-    fwAD.make_dual, fwAD.unpack_dual = make_dual, unpack_dual
-    try:
-        yield
-    finally:
-        fwAD.make_dual, fwAD.unpack_dual = make, unpack
 
 
 @contextlib.contextmanager
@@ -102,15 +80,6 @@ def _cuda_autocast_policy():
         yield
     finally:
         F.group_norm, F.softmax, torch.Tensor.softmax = gn, sm, tsm
-
-
-def count_flops(step) -> int:
-    """FLOPs that FlopCounterMode counts while step() runs (conv/matmul/attention, forward-mode tangent ops included,
-    elementwise ops not). A torch.compile'd function runs eagerly under the counter: its eager FLOPs are counted."""
-    counter = FlopCounterMode(display=False)
-    with _countable_forward_ad(), counter:
-        step()
-    return counter.get_total_flops()
 
 
 def checkpoint_blocks(model: MeanFlowUNet) -> dict[str, torch.nn.Module]:
@@ -189,7 +158,7 @@ class StepCounter:
             handles.append(block.register_forward_pre_hook(pre(name), with_kwargs=True))
             handles.append(block.register_forward_hook(post(name), with_kwargs=True))
         try:
-            with _countable_forward_ad(), counter:
+            with countable_forward_ad(), counter:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
                     loss = forward()
                 loss.backward()

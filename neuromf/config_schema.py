@@ -59,6 +59,10 @@ SCHEMA: tuple[Rule, ...] = (
     Rule("seed", "int", "an integer"),
     Rule("objective_mode", "str", "'min' or 'max'", lambda v: v in ("min", "max")),
     Rule("torch_threads", "int", "an integer >= 1 (or null)", lambda v: v >= 1, nullable=True),
+    # equal-compute budget (neuromf/training/budget.py)
+    Rule("budget.flops", "float", "a number > 0 (or null)", lambda v: v > 0, nullable=True),
+    Rule("budget.fm_steps", "float", "a number > 0 (or null)", lambda v: v > 0, nullable=True),
+    Rule("budget.validations", "int", "an integer >= 1", lambda v: v >= 1),
     # optimiser
     Rule("optim.lr", "float", "a number > 0", lambda v: v > 0),
     Rule("optim.beta1", "float", "a number in [0, 1)", lambda v: 0 <= v < 1),

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuromf.config_schema import check_config
@@ -28,6 +28,7 @@ from neuromf.data.datamodule import datamodule_from_config
 from neuromf.data.encoders import EncoderError
 from neuromf.data.io import DataError
 from neuromf.instantiate import build
+from neuromf.io_atomic import write_json_atomic
 from neuromf.meanflow import check_jvp_strategy
 from neuromf.models.maisi_init import init_from_maisi
 from neuromf.sweep.pruning import OptunaReporter, Pruned
@@ -37,6 +38,7 @@ from neuromf.tracking.redact import install_log_redaction, redact_text
 from neuromf.tracking.run import clean_config, provenance, save_hydra_record, update_status
 from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.wandb_setup import ObjectiveSummary, override_tags
+from neuromf.training.budget import resolve_budget
 from neuromf.training.callbacks import DivergenceMonitor, ObjectiveTracker
 from neuromf.training.checkpoint_io import (
     AtomicCheckpointIO,
@@ -271,6 +273,7 @@ class ComposedRun:
     module: MeanFlowModule
     resume: dict | None
     record: dict
+    budget: dict | None = None  # equal-compute budget: the step count it bought (neuromf/training/budget.py)
 
     @property
     def resume_step(self) -> int | None:
@@ -301,6 +304,7 @@ def compose_run(cfg: DictConfig, run_dir: Path) -> ComposedRun:
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = build_module(cfg)
+        budget = apply_budget(cfg, module, datamodule)
         resume = resolve_ckpt_path(cfg, run_dir)
         record = run_record(OmegaConf.to_container(cfg, resolve=True), datamodule.latent_dir)
         if resume:
@@ -312,7 +316,36 @@ def compose_run(cfg: DictConfig, run_dir: Path) -> ComposedRun:
             update_status(run_dir, init=report.summary())
     except (DataError, EncoderError, ValueError, FileNotFoundError) as err:
         raise InputError(str(err)) from err
-    return ComposedRun(datamodule, module, resume, record)
+    return ComposedRun(datamodule, module, resume, record, budget)
+
+
+def apply_budget(cfg: DictConfig, module: MeanFlowModule, datamodule) -> dict | None:
+    """With budget.flops or budget.fm_steps set: the run's step count from its counted step cost
+    (neuromf/training/budget.py), validated budget.validations times at equal step intervals, the last at the
+    final step (trainer.max_steps, val_check_interval; max_epochs -1). Returns the budget record, or None."""
+    if not any((cfg.get("budget") or {}).get(k) is not None for k in ("flops", "fm_steps")):
+        return None
+    n_val = int(cfg.budget.get("validations") or 1)
+    if n_val < 1:
+        raise ValueError(f"budget.validations={n_val}: must be >= 1")
+    train_set = datamodule.dataset("train")
+    x = torch.stack([train_set[i % len(train_set)] for i in range(int(cfg.data.batch_size))])  # one batch, no RNG
+    device = "cuda" if cfg.trainer.get("accelerator") != "cpu" and torch.cuda.is_available() else "cpu"
+    net = module.net.to(device)
+    try:
+        budget = resolve_budget(OmegaConf.to_container(cfg.budget), module.objective, net, x.to(device))
+    finally:
+        module.net.to("cpu")
+    interval = budget["steps"] // n_val
+    if interval < 1:
+        raise ValueError(f"budget buys {budget['steps']} steps, fewer than budget.validations={n_val}")
+    budget |= {"budget_steps": budget["steps"], "steps": interval * n_val, "validations": n_val}
+    with open_dict(cfg):
+        cfg.trainer.max_steps = budget["steps"]
+        cfg.trainer.max_epochs = -1
+        cfg.trainer.check_val_every_n_epoch = None
+        cfg.trainer.val_check_interval = interval
+    return budget
 
 
 def start_run(cfg: DictConfig, run_dir: Path, composed: ComposedRun) -> None:
@@ -331,6 +364,9 @@ def start_run(cfg: DictConfig, run_dir: Path, composed: ComposedRun) -> None:
     )
     if composed.resume:
         update_status(run_dir, resumed_from=composed.resume["path"], resumed_step=composed.resume_step)
+    if composed.budget and is_rank_zero_process():
+        write_json_atomic(RunDir(run_dir).budget, composed.budget)
+        update_status(run_dir, budget_steps=composed.budget["steps"], budget_flops=composed.budget["budget_flops"])
 
 
 def build_run(cfg: DictConfig, run_dir: Path, composed: ComposedRun) -> BuiltRun:

@@ -59,6 +59,12 @@ class AlphaFlowObjective(MeanFlowObjective):
     def diagnostics(cls, cfg: dict) -> tuple[str, ...]:
         return ("alpha", *super().diagnostics(cfg))
 
+    def cost_phase(self, step: int) -> str:
+        """What a training step at `step` computes (neuromf/training/budget.py): alpha = 1 the target v (no extra
+        forward), 0 < alpha < 1 one no-grad forward more, alpha = 0 MeanFlow's JVP."""
+        a = self.alpha(step)
+        return "alpha=1" if a == 1.0 else "alpha=0" if a == 0.0 else "0<alpha<1"
+
     def alpha(self, step: int) -> float:
         """alpha at global step `step` (clamped to exactly 0 / 1 near the ends)."""
         a0, a1, k0, k1 = self.alpha_start, self.alpha_end, self.anneal_start, self.anneal_end

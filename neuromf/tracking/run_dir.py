@@ -77,5 +77,9 @@ class RunDir:
         return self.path / "wandb_id.txt"
 
     @property
+    def budget(self) -> Path:
+        return self.path / "budget.json"
+
+    @property
     def lock(self) -> Path:
         return self.path / ".lock"
