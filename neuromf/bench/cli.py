@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from neuromf.bench.cases import run
+from neuromf.bench.cost import COST_KINDS, run_cost
 from neuromf.bench.formatting import fmt_value, format_cost_table, format_table
 from neuromf.bench.presets import PRESETS, STRATEGIES
 from neuromf.bench.targets import check_runs
@@ -111,8 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.strategies is None:
-        cost_default = "fm,meanflow,imf,imf_separate,alphaflow,splitmeanflow"
-        args.strategies = cost_default if args.cost else "fm,meanflow,imf,jvp_only"
+        args.strategies = ",".join(COST_KINDS) if args.cost else "fm,meanflow,imf,jvp_only"
     if args.cost and "--batch" not in (argv if argv is not None else sys.argv[1:]):
         args.batch = 1
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dtype = args.dtype or preset["dtype"]
     args.strategies, args.jvp = _csv(args.strategies), _csv(args.jvp)
     for s in args.strategies:
-        allowed = (*STRATEGIES, "alphaflow", "splitmeanflow") if args.cost else STRATEGIES  # cost rows: every objective
+        allowed = (*STRATEGIES, *COST_KINDS) if args.cost else STRATEGIES  # cost rows: every objective
         if s not in allowed:
             p.error(f"--strategies: {s!r} is not one of {allowed}")
     for j in args.jvp:
@@ -150,8 +150,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out}")
         return 0
     if args.cost:
-        from neuromf.bench.cost import run_cost  # torch-heavy counting, loaded only for --cost
-
         payload = run_cost(args, PRESETS)
         cfg = payload["config"]
         print(
