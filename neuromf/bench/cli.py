@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dtype = args.dtype or preset["dtype"]
     args.strategies, args.jvp = _csv(args.strategies), _csv(args.jvp)
     for s in args.strategies:
-        allowed = (*STRATEGIES, *COST_KINDS) if args.cost else STRATEGIES  # cost rows: every objective
+        allowed = tuple(dict.fromkeys((*STRATEGIES, *COST_KINDS))) if args.cost else STRATEGIES  # every objective
         if s not in allowed:
             p.error(f"--strategies: {s!r} is not one of {allowed}")
     for j in args.jvp:
