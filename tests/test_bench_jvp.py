@@ -4,15 +4,15 @@ import pytest
 import torch
 from engine_helpers import tiny_model
 
-from neuromf.bench import saved_tensor_bytes
-from neuromf.meanflow import MeanFlowObjective, check_jvp_strategy, time_derivative
-from neuromf.meanflow.fast_jvp import jvp_exact_fused, prepare_fused_jvp
-from neuromf.models.compile_utils import (
+from neuromf.bench.measure import saved_tensor_bytes
+from neuromf.bench.speed_options import (
     channels_last_3d,
     compiled_time_derivative,
     decompose_group_norm,
     enable_gradient_checkpointing,
 )
+from neuromf.meanflow import MeanFlowObjective, check_jvp_strategy, time_derivative
+from neuromf.meanflow.fast_jvp import jvp_exact_fused, prepare_fused_jvp
 
 
 def _inputs(b=2, c=2, s=8, seed=0, dtype=torch.float64):

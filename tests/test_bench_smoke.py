@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from neuromf.bench import PRESETS, TARGETS, add_ratios, bench_cases, check_targets, format_table, main
-from neuromf.bench_cost import cases_for, count
+from neuromf.bench.cost import cases_for, count
 
 ROOT = Path(__file__).resolve().parents[1]
 

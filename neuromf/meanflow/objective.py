@@ -71,7 +71,7 @@ class MeanFlowObjective(Objective):
     v_loss_weight: float = 1.0
     imf_v_loss: Literal["shared", "separate"] = "shared"
     time_sampler: TimeSampler = field(default_factory=TimeSampler)
-    # optional drop-in for time_derivative (e.g. neuromf.models.compile_utils.compiled_time_derivative)
+    # optional drop-in for time_derivative (e.g. neuromf.bench.speed_options.compiled_time_derivative)
     derivative_fn: Callable | None = field(default=None, repr=False)
     # the tangent point of the last call, detached: {"z_t", "v_tilde": (B, C, D, H, W), "r", "t": (B,)}; the
     # diagnostics callback splits du/dt there into its t- and z-parts (time_derivative_parts)

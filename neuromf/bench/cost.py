@@ -9,8 +9,8 @@ last two on the network without a v-head), and the largest per-device batch that
 Counting (real compute on the CPU, float32, `--batch` samples, default 1; FLOPs and saved bytes are linear in the
 batch): one step = the real objective (neuromf.meanflow on `MeanFlowUNet`; FM = |u(z_t, t, t) - v|^2) + backward,
 run once under `torch.utils.flop_counter.FlopCounterMode` (matmul/conv/attention FLOPs, forward-mode tangent ops
-included; elementwise ops are not counted) and the autograd saved-tensor hooks of `neuromf.bench` (distinct storages
-saved for backward, the parameters themselves excluded: they are counted once in the fixed memory below).
+included; elementwise ops are not counted) and autograd saved-tensor hooks as in `neuromf.bench.measure` (distinct
+storages saved for backward, the parameters themselves excluded: they are counted once in the fixed memory below).
 
 Gradient checkpointing (non-reentrant, every down/middle/up block and v-head res block: `enable_gradient_checkpointing`)
 is modelled from the same run: every saved byte is attributed to the checkpointable block running when it was saved;
@@ -312,27 +312,6 @@ def add_ratios(rows: list[dict]) -> None:
     for c in rows:
         c["flops_ratio_to_fm"] = c["flops"] / fm["flops"]
         c["saved_ratio_to_fm"] = c["saved_bytes"] / fm["saved_bytes"]
-
-
-def format_cost_table(rows: list[dict]) -> str:
-    head = (
-        f"{'case':<24}{'TFLOP/sample':>13}{'x FM':>7}{'saved GiB':>11}{'x FM':>7}{'ckpt GiB':>10}"
-        f"{'bf16 GiB':>10}  max batch 40GB/80GB: fp32 | fp32+ckpt | bf16 | bf16+ckpt"
-    )
-    lines = [head, "-" * len(head)]
-    for c in rows:
-        fit_ = c.get("fit", {})
-        cols = " | ".join(
-            f"{fit_[k]['40GB']}/{fit_[k]['80GB']}" if k in fit_ else "-"
-            for k in ("fp32", "fp32_ckpt", "bf16", "bf16_ckpt")
-        )
-        bf16 = fit_.get("bf16", {}).get("activation_gib_per_sample")
-        lines.append(
-            f"{c['case']:<24}{c['flops'] / 1e12:>13.4f}{c['flops_ratio_to_fm']:>7.2f}{c['saved_bytes'] / 2**30:>11.4f}"
-            f"{c['saved_ratio_to_fm']:>7.2f}{c['ckpt_peak_bytes'] / 2**30:>10.4f}"
-            f"{'-' if bf16 is None else format(bf16, '.4f'):>10}  {cols}"
-        )
-    return "\n".join(lines)
 
 
 def run_cost(args, presets: dict) -> dict:
