@@ -38,7 +38,8 @@ from omegaconf.errors import OmegaConfBaseException
 from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
 from neuromf.evaluation.registry import direction_word
 from neuromf.io_atomic import write_text_atomic
-from neuromf.meanflow.contract import JVP_PARTS, all_diagnostics, all_terms
+from neuromf.meanflow.contract import JVP_PARTS
+from neuromf.meanflow.registry import all_diagnostics, all_terms
 from neuromf.tracking.keys import LEGACY_ALIASES, STEP_KEY, all_expected, metric_base
 from neuromf.tracking.metrics import REPLICATE_KEYS
 from neuromf.tracking.run import flat_config

@@ -32,7 +32,7 @@ import yaml
 from scipy import stats
 
 from neuromf.evaluation.registry import metric_direction
-from neuromf.meanflow.contract import all_terms, objective_class
+from neuromf.meanflow.registry import all_terms, objective_class
 from neuromf.report_intervals import interval_blocks
 from neuromf.tracking.keys import metric_base
 from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, REPLICATE_KEYS, RunRecord, device_count, load_sweep

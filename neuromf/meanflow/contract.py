@@ -19,7 +19,7 @@ Shapes: x, eps (B, C, D, H, W); r, t (B,).
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -109,43 +109,3 @@ class Objective:
         if weight is not None:
             w = w * weight.to(w.dtype)
         return (w * d).mean(), d, per_ch
-
-
-def objective_class(loss_cfg: dict[str, Any] | None) -> type[Objective]:
-    """The objective class a `loss` config names (`_target_`, a neuromf class); MeanFlow for configs without one
-    (runs from before the contract)."""
-    from neuromf.meanflow.objective import MeanFlowObjective
-
-    target = (loss_cfg or {}).get("_target_") if isinstance(loss_cfg, dict) else None
-    if not target:
-        return MeanFlowObjective
-    if not str(target).startswith("neuromf."):
-        raise ValueError(f"loss._target_={target!r}: not a neuromf objective")
-    from hydra.utils import get_class
-
-    cls = get_class(str(target))
-    if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        raise ValueError(f"loss._target_={target!r}: not an objective (neuromf.meanflow.contract.Objective)")
-    return cls
-
-
-def sampler_of(loss_cfg: dict[str, Any] | None) -> str:
-    """The sampler the objective of a `loss` config trains its network for ("average" / "instantaneous")."""
-    return objective_class(loss_cfg).sampler
-
-
-def all_terms() -> tuple[str, ...]:
-    """Every loss term any objective can log (the dashboards' candidate keys)."""
-    from neuromf.meanflow import OBJECTIVES
-
-    cfgs = [{"model": {"use_v_head": h}} for h in (False, True)]
-    return tuple(dict.fromkeys(k for cls in OBJECTIVES.values() for c in cfgs for k in cls.terms(c)))
-
-
-def all_diagnostics() -> tuple[str, ...]:
-    """Every diagnostic key any objective can log (the dashboards' candidate keys)."""
-    from neuromf.meanflow import OBJECTIVES
-
-    full = {"model": {"use_v_head": True}}
-    keys = [k for cls in OBJECTIVES.values() for k in cls.diagnostics(full)]
-    return tuple(dict.fromkeys(keys))

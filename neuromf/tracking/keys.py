@@ -73,7 +73,7 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     The loss terms and diagnostics are the objective's (``loss._target_``, neuromf/meanflow/contract.py): e.g.
     ``train/loss_v`` only with a v-head. Memory only on GPU; FID only with ``eval.fid_weights``; eval metrics
     per step count ``eval.nfe_list``; reference levels when ``eval.reference_levels``; samples per NFE."""
-    from neuromf.meanflow.contract import objective_class
+    from neuromf.meanflow.registry import objective_class
 
     objective = objective_class(_get(cfg, "loss"))
     terms = objective.terms(cfg)
