@@ -113,27 +113,8 @@ class AlphaFlowObjective(MeanFlowObjective):
                 u_tgt = v
             if self.target_clip is not None:
                 u_tgt = u_tgt.clamp(-self.target_clip, self.target_clip)
-        imf = getattr(model, "use_v_head", False)
-        u, v_hat = model.u_and_v(z_t, r, t) if imf else (model(z_t, r, t), None)
         self.last_point = None  # no tangent at alpha > 0: the du/dt split is not logged
         weight = torch.where(fm, 1.0, alpha).to(x.dtype)
-        loss, d_u, per_ch = self.adaptive_loss(u - u_tgt, mask, weight=weight)
-        raw = d_u
-        diag: dict[str, Tensor] = {}
-        if imf:
-            loss_v, d_v, _ = self.adaptive_loss(v_hat - v, mask)
-            loss, raw = loss + self.v_loss_weight * loss_v, d_u + self.v_loss_weight * d_v
-            diag["loss_v"] = d_v.mean().detach()
-        with torch.no_grad():
-            diag.update(
-                loss=loss.detach(),
-                loss_raw=raw.mean().detach(),
-                loss_u=d_u.mean().detach(),
-                alpha=torch.tensor(alpha, device=x.device),
-                fm_fraction=fm.float().mean(),
-                loss_u_fm=torch.where(fm, d_u, 0).sum().detach() / fm.sum(),
-                loss_u_mf=torch.where(~fm, d_u, 0).sum().detach() / (~fm).sum(),
-            )
-            for c, value in enumerate(per_ch.mean(0)):
-                diag[f"loss_ch{c}"] = value.detach()
+        loss, diag = self.regress_on_target(model, z_t, r, t, v, u_tgt, mask, weight=weight)
+        diag["alpha"] = torch.tensor(alpha, device=x.device)
         return loss, diag

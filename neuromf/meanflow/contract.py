@@ -109,3 +109,33 @@ class Objective:
         if weight is not None:
             w = w * weight.to(w.dtype)
         return (w * d).mean(), d, per_ch
+
+    def regress_on_target(
+        self, model, z_t: Tensor, r: Tensor, t: Tensor, v: Tensor, u_tgt: Tensor, mask=None, weight=None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The JVP-free objectives' shared step: Delta_u = u(z_t, r, t) - sg(u_tgt) (weighted per sample by
+        `weight` (B,)), plus the v-head term Delta_v = v_hat - v where the network has one (from the same pass).
+        Returns (loss, diagnostics: loss, loss_raw, loss_u[, loss_v], fm_fraction, loss_u_fm / _mf, loss_ch<c>)."""
+        imf = getattr(model, "use_v_head", False)
+        u, v_hat = model.u_and_v(z_t, r, t) if imf else (model(z_t, r, t), None)
+        loss, d_u, per_ch = self.adaptive_loss(u - u_tgt.detach(), mask, weight=weight)
+        raw = d_u
+        diag: dict[str, Tensor] = {}
+        if imf:
+            loss_v, d_v, _ = self.adaptive_loss(v_hat - v, mask)
+            loss, raw = loss + self.v_loss_weight * loss_v, d_u + self.v_loss_weight * d_v
+            diag["loss_v"] = d_v.mean().detach()
+        fm = t == r
+        with torch.no_grad():
+            diag.update(
+                loss=loss.detach(),
+                loss_raw=raw.mean().detach(),
+                loss_u=d_u.mean().detach(),
+                fm_fraction=fm.float().mean(),
+                # NaN when no sample of that kind (0/0); no data-dependent branch
+                loss_u_fm=torch.where(fm, d_u, 0).sum().detach() / fm.sum(),
+                loss_u_mf=torch.where(~fm, d_u, 0).sum().detach() / (~fm).sum(),
+            )
+            for c, value in enumerate(per_ch.mean(0)):
+                diag[f"loss_ch{c}"] = value.detach()
+        return loss, diag

@@ -89,24 +89,5 @@ class SplitMeanFlowObjective(Objective):
         z_t = (1 - bcast(t, x)) * x + bcast(t, x) * eps
         v = eps - x
         u_tgt = torch.where(bcast(fm, x), v, self.split_target(model, z_t, r, t, lam))
-        imf = getattr(model, "use_v_head", False)
-        u, v_hat = model.u_and_v(z_t, r, t) if imf else (model(z_t, r, t), None)
-        loss, d_u, per_ch = self.adaptive_loss(u - u_tgt, mask)
-        raw = d_u
-        diag: dict[str, Tensor] = {}
-        if imf:
-            loss_v, d_v, _ = self.adaptive_loss(v_hat - v, mask)
-            loss, raw = loss + self.v_loss_weight * loss_v, d_u + self.v_loss_weight * d_v
-            diag["loss_v"] = d_v.mean().detach()
-        with torch.no_grad():
-            diag.update(
-                loss=loss.detach(),
-                loss_raw=raw.mean().detach(),
-                loss_u=d_u.mean().detach(),
-                fm_fraction=fm.float().mean(),
-                loss_u_fm=torch.where(fm, d_u, 0).sum().detach() / fm.sum(),
-                loss_u_mf=torch.where(~fm, d_u, 0).sum().detach() / (~fm).sum(),
-            )
-            for c, value in enumerate(per_ch.mean(0)):
-                diag[f"loss_ch{c}"] = value.detach()
+        loss, diag = self.regress_on_target(model, z_t, r, t, v, u_tgt, mask)
         return loss, diag
