@@ -128,6 +128,7 @@ SWEEP_ARM_KEYS = {
         "loss.ramp_steps",
         "loss.schedule",
         "loss.time_sampler.data_proportion",
+        "loss.time_sampler.distribution",  # fm draws logit-normal t, the others uniform pairs
         "model.use_v_head",
     ),  # fmt: skip
     "time_sampling": ("loss.time_sampler.distribution",),
