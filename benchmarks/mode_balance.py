@@ -71,7 +71,8 @@ OBJECTIVE_SETTINGS = {
     )
 }
 SETTINGS = {
-    "default": {},
+    "logit-normal": {},  # the papers' logit-normal(-0.4, 1) (BASE); the project's default is now uniform pairs
+    "default": {},  # the same as logit-normal: the name earlier tables used
     "l2": dict(norm_p=0.0),
     "p0.5": dict(norm_p=0.5),
     "ts1": dict(time_scale=1.0),

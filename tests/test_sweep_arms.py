@@ -175,3 +175,27 @@ def test_distinct_jobs_pass_the_check():
     assert identical_jobs(cfg) == []
     OmegaConf.update(cfg, "hydra.overrides.task", ["sweep=v_head", "v_head=res0,res0"], force_add=True)
     assert identical_jobs(cfg)[0] == (0, 3)
+
+
+@pytest.mark.parametrize("data", ["demo", "demo_large", "latents"])
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p or "no-preset")
+def test_every_preset_and_data_option_fixes_the_split_apart_from_the_run_seed(preset, data):
+    """The split is decided by data.split_seed (0), not by the run seed: every arm and seed of a sweep, under every
+    preset and data option, trains and validates on the same subjects (tests/test_data_demo.py: the same split.json)."""
+    base = [f"experiment={preset}"] if preset else []
+    if preset is None or data != "demo":
+        base += [f"data={data}", *(["data.latent_dir=/x"] if data == "latents" else [])]
+    for seed in (0, 7):
+        raw = OmegaConf.to_container(_compose([*base, f"seed={seed}"]).data, resolve=False)
+        assert raw["split_seed"] == 0, f"experiment={preset} data={data}: split_seed {raw['split_seed']!r}"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p or "no-preset")
+def test_the_production_time_sampler_is_uniform_pairs_under_every_preset(preset):
+    """Measured (README, Time sampling): uniform (r, t) pairs keep the mode shares and the demo's 1-step objective
+    where logit-normal loses them, so every MeanFlow-family objective draws uniform pairs by default, under every
+    preset; flow matching (r = t only, its multi-step reference) keeps logit-normal t."""
+    base = [f"experiment={preset}"] if preset else []
+    for loss in ("imf", "meanflow", "alphaflow", "fm_warmstart", "imf_schedule", "splitmeanflow", "fm"):
+        got = _compose([*base, f"loss={loss}"]).loss.time_sampler.distribution
+        assert got == ("logit_normal" if loss == "fm" else "uniform"), f"experiment={preset} loss={loss}: {got}"
