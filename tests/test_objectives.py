@@ -227,7 +227,8 @@ def test_each_loss_choice_declares_its_terms_keys_and_sampler(loss, terms, sampl
     module.double()
     x = torch.randn(2, 1, 16, 16, 16)
     diag = {}  # at the start and the end of the schedules (AlphaFlow logs the JVP terms only once alpha = 0)
+    objective = module.objective.for_run_length(100)  # a schedule in fractions of the run, fitted as fit() does
     for step in (0, 10**6):
-        diag |= module.objective(module.net, x, generator=torch.Generator().manual_seed(0), step=step)[1]
+        diag |= objective(module.net, x, generator=torch.Generator().manual_seed(0), step=step)[1]
     logged = {f"train/{k}" for k in diag} | {"train/jvp_t_norm", "train/jvp_z_norm"}  # the callback adds those two
     assert set(terms) <= set(diag) and set(keys["diagnostics"]) <= logged

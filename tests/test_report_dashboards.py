@@ -127,6 +127,7 @@ SWEEP_ARM_KEYS = {
         "loss.norm_p",
         "loss.ramp_steps",
         "loss.schedule",
+        "loss.schedule_unit",
         "loss.time_sampler.data_proportion",
         "loss.time_sampler.distribution",  # fm draws logit-normal t, the others uniform pairs
         "model.use_v_head",

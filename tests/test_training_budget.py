@@ -132,3 +132,81 @@ def test_a_budgeted_run_trains_its_steps_and_records_them(demo_latents, tmp_path
     steps = [r.split(",") for r in rows[1:]]
     val_steps = {int(float(r[header.index("step")])) for r in steps if r[header.index("val/loss_raw")]}
     assert max(val_steps) == budget["steps"] - 1  # validated at the last step (Lightning logs step - 1)
+
+
+def _spent(af: AlphaFlowObjective, n: int, c: dict[str, int]) -> int:
+    return sum(c[af.cost_phase(k)] for k in range(n))
+
+
+def test_a_schedule_in_fractions_of_the_run_completes_within_the_budgeted_run():
+    """AlphaFlow with alpha annealed over the first 2/3 of the run (schedule_unit=run): the budget buys the largest K
+    whose summed phase costs, with the schedule fitted to K itself, fit the budget (known answer by enumeration),
+    and alpha reaches 0 (the MeanFlow target) inside those K steps."""
+    net, x = _net(v_head=False), torch.randn(2, 1, 16, 16, 16)
+    af = AlphaFlowObjective(schedule_unit="run", anneal_start=0.0, anneal_end=0.667, schedule="linear", clamp=0.0)
+    fm = training_step_flops(FlowMatchingObjective(), net, x)
+    got = resolve_budget({"fm_steps": 30}, af, net, x)
+    c = got["step_flops"]
+    assert set(c) == {"alpha=1", "0<alpha<1", "alpha=0"}
+    fits = [n for n in range(1, 31) if _spent(af.for_run_length(n), n, c) <= 30 * fm]
+    assert got["steps"] == max(fits)
+    fitted = af.for_run_length(got["steps"])
+    assert got["schedule"] == {"anneal_start": 0, "anneal_end": round(0.667 * got["steps"])}
+    assert fitted.alpha(got["steps"] - 1) == 0.0 and fitted.alpha(0) == 1.0  # the curriculum ends inside the run
+
+
+def test_run_fractions_are_fitted_to_the_run_length_and_refused_unfitted():
+    af = AlphaFlowObjective(schedule_unit="run", anneal_start=0.0, anneal_end=0.667)
+    with pytest.raises(RuntimeError, match="for_run_length"):
+        af.alpha(0)  # a fraction is not a step: never used as one
+    fitted = af.for_run_length(300)
+    assert (fitted.anneal_start, fitted.anneal_end, fitted.schedule_unit) == (0, 200, "steps")
+    assert fitted.alpha(0) == 1.0 and fitted.alpha(200) == 0.0 and 0 < fitted.alpha(100) < 1
+    assert af.for_run_length(1).anneal_end == 1  # a one-step run still anneals over one step
+    steps_af = AlphaFlowObjective(anneal_start=0, anneal_end=50)
+    assert steps_af.for_run_length(300) is steps_af  # a schedule in steps is kept as it is
+    with pytest.raises(ValueError, match="loss.anneal_end=1.5"):
+        AlphaFlowObjective(schedule_unit="run", anneal_start=0.0, anneal_end=1.5)
+    with pytest.raises(ValueError, match="finite run length"):
+        af.for_run_length(float("inf"))
+
+
+@pytest.mark.parametrize("loss", ["alphaflow", "fm_warmstart", "imf_schedule"])
+def test_every_scheduled_objective_finishes_its_schedule_within_its_budget(loss, demo_latents, tmp_path):
+    """sweep=objectives gives each arm the steps its cost pays for; the scheduled objectives' configs are in
+    fractions of the run, so each one's last phase (alpha = 0, the full MeanFlow / iMF objective) starts inside
+    the steps it gets."""
+    from neuromf.train import apply_budget, build_datamodule, build_module
+
+    cfg = _cfg(f"loss={loss}", "budget.fm_steps=12", "budget.validations=1")
+    dm = build_datamodule(cfg, tmp_path / loss)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = build_module(cfg)
+    budget = apply_budget(cfg, module, dm)
+    fitted = module.objective.for_run_length(budget["steps"])
+    last = budget["steps"] - 1
+    if loss == "alphaflow":
+        assert fitted.alpha(last) == 0.0 and budget["schedule"]["anneal_end"] <= last
+    else:
+        assert fitted.share(last) == fitted.time_sampler.data_proportion  # out of the warm start
+        assert fitted.fm_steps + fitted.ramp_steps <= last and fitted.gamma(last) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("loss", "key", "first", "last"), [("alphaflow", "alpha", 1.0, 0.0),
+                                                            ("fm_warmstart", "fm_share", 1.0, 0.5)])  # fmt: skip
+def test_a_training_run_fits_its_schedule_to_its_length(loss, key, first, last, demo_latents, tmp_path):
+    """trainer.max_steps=9, no budget: the schedule (fractions of the run) is fitted when fit starts, so the logged
+    alpha / r = t share starts at the curriculum's start and ends at its end within the 9 steps."""
+    import csv
+
+    from neuromf.train import train
+
+    run = tmp_path / "run"
+    cfg = _cfg(f"loss={loss}", "trainer.max_steps=9", "trainer.max_epochs=-1", "+trainer.limit_val_batches=1",
+               "callbacks.diagnostics.every_n_steps=1", "loss.time_sampler.data_proportion=0.5")  # fmt: skip
+    train(cfg, run)
+    with open(run / "metrics.csv") as f:
+        values = [float(r[f"train/{key}"]) for r in csv.DictReader(f) if r.get(f"train/{key}")]
+    assert len(values) >= 2 and values[0] == pytest.approx(first) and values[-1] == pytest.approx(last)

@@ -4,7 +4,8 @@
   alpha > 0:  u_tgt = sg[(dt v + (t - dt - r) u_theta(z_t - dt v, r, t - dt)) / h]   (r = t: u_tgt = v)
               one extra forward without a graph, no JVP; the samples with r < t are weighted by alpha
   alpha = 0:  the MeanFlow / iMF target sg(v - h du/dt) (MeanFlowObjective, JVP and v-head as configured)
-  alpha(k), k the global training step: `schedule` "sigmoid" (the official default shape)
+  alpha(k), k the global training step (k_start, k_end in steps, or with schedule_unit "run" fractions of the run's
+  training steps, turned into steps once its length is known): `schedule` "sigmoid" (the official default shape)
       alpha = a0 + (a1 - a0) sigmoid(gamma (k - k_mid) / (k_end - k_start)),  k_mid = (k_start + k_end) / 2,
   or "linear"; alpha = a0 before k_start and a1 after k_end; values below `clamp` snap to 0 and above 1 - clamp
   to 1, so the curriculum ends on the exact MeanFlow target.
@@ -38,11 +39,13 @@ class AlphaFlowObjective(MeanFlowObjective):
     """MeanFlowObjective whose target follows AlphaFlow's alpha(step); alpha = 0 is MeanFlowObjective itself."""
 
     name: ClassVar[str] = "alphaflow"
+    schedule_fields: ClassVar[tuple[str, ...]] = ("anneal_start", "anneal_end")
 
     alpha_start: float = 1.0
     alpha_end: float = 0.0
-    anneal_start: int = 0
-    anneal_end: int = 1000
+    anneal_start: float = 0
+    anneal_end: float = 1000
+    schedule_unit: str = "steps"  # "run": anneal_start / anneal_end are fractions of the run's training steps
     schedule: str = "sigmoid"
     gamma: float = 25.0
     clamp: float = 0.005
@@ -52,12 +55,18 @@ class AlphaFlowObjective(MeanFlowObjective):
         super().__post_init__()
         if self.schedule not in ALPHA_SCHEDULES:
             raise ValueError(f"loss.schedule={self.schedule!r}: expected one of {ALPHA_SCHEDULES}")
+        self.check_schedule_unit()
         if self.anneal_end <= self.anneal_start:
             raise ValueError(f"loss.anneal_end={self.anneal_end} must exceed loss.anneal_start={self.anneal_start}")
 
     @classmethod
     def diagnostics(cls, cfg: dict) -> tuple[str, ...]:
         return ("alpha", *super().diagnostics(cfg))
+
+    @staticmethod
+    def rounded_schedule(steps: dict[str, int]) -> dict[str, int]:
+        """A run too short to tell the fractions apart still anneals over one step."""
+        return {**steps, "anneal_end": max(steps["anneal_end"], steps["anneal_start"] + 1)}
 
     def cost_phase(self, step: int) -> str:
         """What a training step at `step` computes (neuromf/training/budget.py): alpha = 1 the target v (no extra
@@ -67,6 +76,7 @@ class AlphaFlowObjective(MeanFlowObjective):
 
     def alpha(self, step: int) -> float:
         """alpha at global step `step` (clamped to exactly 0 / 1 near the ends)."""
+        self.scheduled_in_steps()
         a0, a1, k0, k1 = self.alpha_start, self.alpha_end, self.anneal_start, self.anneal_end
         if step < k0:
             a = a0

@@ -12,13 +12,20 @@ declares, as class attributes and class methods that work from a resolved run co
   diagnostics(cfg)  the other train/<key> it logs (through the diagnostics callback)
   quantity(cfg, term)  what a term measures, as a string: two arms' values of a term are comparable only where
                     these strings are equal (the report compares a term across arms on that condition)
+  schedule_fields   the fields that are points of a training schedule (AlphaFlow's anneal, the warm start's
+                    phases); with the field `schedule_unit: run` they are fractions of the run's training steps,
+                    turned into steps by `for_run_length(total_steps)` once the run's length is known (the budget
+                    of an equal-compute arm, or trainer.max_steps / max_epochs), so a schedule always completes
+                    within its run whatever number of steps the arm gets
 
 Shapes: x, eps (B, C, D, H, W); r, t (B,).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from typing import ClassVar
 
 import torch
@@ -64,6 +71,51 @@ class Objective:
 
     name: ClassVar[str] = ""
     sampler: ClassVar[str] = "average"
+    schedule_fields: ClassVar[tuple[str, ...]] = ()
+    SCHEDULE_UNITS: ClassVar[tuple[str, ...]] = ("steps", "run")
+
+    def check_schedule_unit(self) -> None:
+        """Validate `schedule_unit` and, for `run`, that every schedule field is a fraction in [0, 1]."""
+        unit = getattr(self, "schedule_unit", "steps")
+        if unit not in self.SCHEDULE_UNITS:
+            raise ValueError(f"loss.schedule_unit={unit!r}: expected one of {self.SCHEDULE_UNITS}")
+        if unit == "run":
+            for key in self.schedule_fields:
+                if not 0.0 <= float(getattr(self, key)) <= 1.0:
+                    raise ValueError(
+                        f"loss.{key}={getattr(self, key)}: with loss.schedule_unit=run a schedule point is a "
+                        "fraction of the run's training steps, in [0, 1]"
+                    )
+
+    def scheduled_in_steps(self) -> None:
+        """Raise when the schedule is still in fractions of the run (for_run_length was not called)."""
+        if getattr(self, "schedule_unit", "steps") == "run":
+            raise RuntimeError(
+                f"{type(self).__name__}: the schedule is in fractions of the run (loss.schedule_unit=run); "
+                "call for_run_length(total_steps) once the run's length is known"
+            )
+
+    def for_run_length(self, total_steps: int) -> Objective:
+        """This objective with its schedule in training steps: each schedule field (a fraction of the run when
+        `schedule_unit` is `run`) times `total_steps`, rounded; unchanged when the schedule is already in steps."""
+        if getattr(self, "schedule_unit", "steps") != "run":
+            return self
+        if not (isinstance(total_steps, int) or float(total_steps).is_integer()) or not 0 < total_steps < math.inf:
+            raise ValueError(
+                f"loss.schedule_unit=run needs a finite run length (got {total_steps} training steps): set "
+                "trainer.max_steps or trainer.max_epochs, or give the schedule in steps (loss.schedule_unit=steps)"
+            )
+        steps = {k: int(round(float(getattr(self, k)) * int(total_steps))) for k in self.schedule_fields}
+        return dataclasses.replace(self, schedule_unit="steps", **self.rounded_schedule(steps))
+
+    @staticmethod
+    def rounded_schedule(steps: dict[str, int]) -> dict[str, int]:
+        """Schedule points in steps after rounding (a subclass keeps them consistent, e.g. an interval >= 1 step)."""
+        return steps
+
+    def schedule_points(self) -> dict[str, int]:
+        """The schedule points in steps (after for_run_length), for the run's records."""
+        return {k: getattr(self, k) for k in self.schedule_fields}
 
     @staticmethod
     def use_v_head(cfg: dict) -> bool:

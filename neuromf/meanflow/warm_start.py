@@ -1,4 +1,5 @@
-"""Flow-matching warm start, then MeanFlow / iMF: the r = t share and a gap weight as schedules in training steps.
+"""Flow-matching warm start, then MeanFlow / iMF: the r = t share and a gap weight as schedules in training steps
+(or, with schedule_unit "run", in fractions of the run's training steps, turned into steps once its length is known).
 
   k the global step;  share(k) = 1 for k < fm_steps (pure flow matching: only r = t pairs), then linear from 1 to
   the time sampler's data_proportion over ramp_steps;  after that the MeanFlow / iMF objective unchanged.
@@ -30,14 +31,17 @@ class WarmStartObjective(MeanFlowObjective):
     """MeanFlowObjective with a step-dependent r = t share and gap weight (both off by default)."""
 
     name: ClassVar[str] = "warm_start"
+    schedule_fields: ClassVar[tuple[str, ...]] = ("fm_steps", "ramp_steps", "gap_anneal_steps")
 
-    fm_steps: int = 0
-    ramp_steps: int = 0
+    fm_steps: float = 0
+    ramp_steps: float = 0
     gap_gamma: float = 0.0
-    gap_anneal_steps: int = 0
+    gap_anneal_steps: float = 0
+    schedule_unit: str = "steps"  # "run": fm_steps, ramp_steps, gap_anneal_steps are fractions of the run's steps
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_schedule_unit()
         for key in ("fm_steps", "ramp_steps", "gap_anneal_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"loss.{key}={getattr(self, key)}: must be >= 0")
@@ -57,11 +61,13 @@ class WarmStartObjective(MeanFlowObjective):
 
     def share(self, step: int) -> float:
         """The r = t share at `step`."""
+        self.scheduled_in_steps()
         dp = self.time_sampler.data_proportion
         return 1.0 + (dp - 1.0) * self._ramp(step, self.fm_steps, self.ramp_steps)
 
     def gamma(self, step: int) -> float:
         """The gap-weight exponent at `step`."""
+        self.scheduled_in_steps()
         return self.gap_gamma * (1.0 - self._ramp(step, self.fm_steps, self.gap_anneal_steps))
 
     def draw_times(self, b: int, device, generator, step: int) -> tuple[Tensor, Tensor]:

@@ -92,6 +92,56 @@ def steps_for_budget(budget: float, step_flops: Callable[[int], int], phase: Cal
     raise ValueError(f"budget {budget:.3g} FLOPs buys more than {MAX_STEPS} steps: check budget.* units")
 
 
+def _counted_steps(total: float, objective, net, x, phases: dict[str, int]) -> int:
+    """steps_for_budget for an objective whose schedule is in steps; FLOPs counted once per phase (into phases)."""
+    phase_of = getattr(objective, "cost_phase", None)
+
+    def step_cost(k: int) -> int:
+        key = str(phase_of(k) if phase_of else "all")
+        if key not in phases:
+            phases[key] = training_step_flops(objective, net, x, step=k)
+        return phases[key]
+
+    if phase_of is None:
+
+        def phase_of_step(k):
+            return None
+
+        phase_of_step.constant = True  # type: ignore[attr-defined]
+    else:
+        phase_of_step = phase_of
+    return steps_for_budget(total, step_cost, phase_of_step)
+
+
+def _steps_within(total: float, objective, net, x, phases: dict[str, int], fm_cost: int) -> int:
+    """The run's step count K. A schedule in fractions of the run (schedule_unit "run") depends on K itself: K is
+    the fixed point of K -> steps_for_budget(schedule fitted to K), started from the FM step count (a cycle of
+    rounding is broken at its smallest K), then lowered until the fitted schedule's summed FLOPs fit the budget."""
+    if getattr(objective, "schedule_unit", "steps") != "run":
+        return _counted_steps(total, objective, net, x, phases)
+    k = max(1, int(total // fm_cost))
+    seen: list[int] = []
+    while k not in seen and len(seen) < 50:
+        seen.append(k)
+        k = max(1, _counted_steps(total, objective.for_run_length(k), net, x, phases))
+    k = min(seen[seen.index(k) :]) if k in seen else k
+
+    def spent(n: int) -> int:
+        fitted = objective.for_run_length(max(n, 1))
+        phase_of = getattr(fitted, "cost_phase", None)
+        out = 0
+        for i in range(n):
+            key = str(phase_of(i)) if phase_of else "all"
+            if key not in phases:
+                phases[key] = training_step_flops(fitted, net, x, step=i)
+            out += phases[key]
+        return out
+
+    while k > 0 and spent(k) > total:
+        k -= 1
+    return k
+
+
 def resolve_budget(budget_cfg: dict | None, objective, net: torch.nn.Module, x: torch.Tensor) -> dict | None:
     """{'steps', 'budget_flops', 'step_flops' per phase, 'fm_step_flops', 'batch_shape'} for the run's budget
     config (None when no budget is set). Raises ValueError naming the key on a bad budget."""
@@ -112,23 +162,8 @@ def resolve_budget(budget_cfg: dict | None, objective, net: torch.nn.Module, x: 
         if not float(flops) > 0:
             raise ValueError(f"budget.flops={flops}: must be > 0")
         total = float(flops)
-    phase_of = getattr(objective, "cost_phase", None)
     phases: dict[str, int] = {}
-
-    def step_cost(k: int) -> int:
-        c = training_step_flops(objective, net, x, step=k)
-        phases[str(phase_of(k) if phase_of else "all")] = c
-        return c
-
-    if phase_of is None:
-
-        def phase_of_step(k):
-            return None
-
-        phase_of_step.constant = True  # type: ignore[attr-defined]
-    else:
-        phase_of_step = phase_of
-    steps = steps_for_budget(total, step_cost, phase_of_step)
+    steps = _steps_within(total, objective, net, x, phases, fm_cost)
     if steps < 1:
         raise ValueError(
             f"budget {total:.3g} FLOPs does not pay for one training step of this objective "
@@ -142,4 +177,6 @@ def resolve_budget(budget_cfg: dict | None, objective, net: torch.nn.Module, x: 
         "step_flops": phases,
         "step_cost_vs_fm": {p: round(c / fm_cost, 4) for p, c in phases.items()},
         "batch_shape": list(x.shape),
+        # a schedule in fractions of the run, in steps of this budget (the run fits it to its final step count)
+        "schedule": objective.for_run_length(steps).schedule_points() if hasattr(objective, "for_run_length") else {},
     }

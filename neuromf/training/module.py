@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,6 +15,8 @@ from neuromf.instantiate import build
 from neuromf.meanflow import Objective, sample
 from neuromf.training.ema import EMA
 from neuromf.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 
 def _plain(cfg: Any) -> Any:
@@ -85,6 +88,15 @@ class MeanFlowModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._pending_generator_state = checkpoint.get("neuromf_generator")
         self.generator = None
+
+    def on_fit_start(self) -> None:
+        """A schedule given in fractions of the run (loss.schedule_unit=run) is fitted to this run's training
+        steps (trainer.max_steps, the budget's steps or max_epochs x batches), so it completes within the run."""
+        fitted = self.objective.for_run_length(self.trainer.estimated_stepping_batches)
+        if fitted is not self.objective:
+            log.info("loss schedule over %d training steps: %s", self.trainer.estimated_stepping_batches,
+                     ", ".join(f"{k}={v}" for k, v in fitted.schedule_points().items()))  # fmt: skip
+            self.objective = fitted
 
     # ---- steps ----------------------------------------------------------------------------------------------
     def forward(self, z: Tensor, r: Tensor, t: Tensor) -> Tensor:
