@@ -11,7 +11,7 @@ import sys
 def _train(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     cmd = [sys.executable, "-m", "neuromf.train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
 
 
 def test_resolved_sweep_dir_through_cfg_all():

@@ -180,7 +180,7 @@ def test_train_refuses_in_one_line_with_exit_2(maisi_ckpt, tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
     )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 def _chromium(*args: str) -> subprocess.CompletedProcess:
     assert CHROMIUM, "CI=true: chromium must be installed (make test installs it with apt-get)"
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
-    return subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
 
 
 def test_report_html_renders_in_chromium(tmp_path):

@@ -158,7 +158,7 @@ def test_a_grid_with_identical_jobs_is_refused_before_any_job_starts(tmp_path):
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "neuromf.train", "-m", "seed=3,3", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "jobs 0 (seed=3) and 1 (seed=3)" in errors[0], proc.stderr[-3000:]

@@ -52,7 +52,7 @@ def test_optuna_study_resumes_on_slurm(slurm_cluster, neuromf_multirun, tmp_path
                 *TINY_TRAIN,
                 *TINY_EPOCH,
             ],
-            timeout=400,
+            timeout=1800,
         )
         print(f"lr_optuna n_trials={n_trials}: {time.time() - t0:.0f}s")
         return proc
@@ -123,7 +123,7 @@ def test_failed_arm_is_recorded_and_the_others_run(slurm_cluster, neuromf_multir
             "model.prediction_type=x",
             "loss.jvp=choice(exact,fd)",
         ],
-        timeout=400,
+        timeout=1800,
     )
     trials = _trials(sweep, "lr_optuna")
     assert sorted(t.params["loss.jvp"] for t in trials) == ["exact", "fd"]

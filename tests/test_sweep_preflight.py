@@ -77,7 +77,7 @@ def test_a_contradicting_sweep_exits_2_in_one_line_before_any_job(tmp_path):
     cmd = [sys.executable, "-m", "neuromf.train", "-m", "sweep=lr_optuna", "objective=val/template_corr/nfe1",
            "objective_mode=max", "hydra.sweeper.direction=minimize", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "contradicts objective_mode=max" in errors[0]

@@ -37,7 +37,7 @@ def test_grid_2x2_on_slurm(slurm_cluster, neuromf_multirun, tmp_path):
             "optim.lr=1e-4,3e-4",
             "seed=0,1",
         ],
-        timeout=400,
+        timeout=1800,
     )
     print(f"2x2 grid on SLURM: {time.time() - t0:.0f}s")
     run_dirs = job_dirs(sweep)
@@ -131,7 +131,7 @@ def test_timed_out_run_is_requeued_and_resumes(slurm_cluster, neuromf_multirun, 
                 "+trainer.max_time=00:00:00:50",  # > the training time a first start gets before its signal
                 "callbacks.checkpoint.every_n_train_steps=1",
             ],
-            timeout=480,
+            timeout=1800,
         )
     finally:
         watcher.stop.set()

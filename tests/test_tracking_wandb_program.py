@@ -25,13 +25,13 @@ def test_program_is_the_training_entry_point_under_a_launcher(tmp_path):
     script.write_text(JOB)
     env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
     env.pop("WANDB_API_KEY", None)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "run")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "run")], check=True, env=env, timeout=1800)
     leet = Path(sys.executable).parent / "wandb"
     out = subprocess.run(
         [str(leet), "leet", "inspect", "--json", str(tmp_path / "run" / "wandb")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
     ).stdout
     programs = set()
     for line in out.splitlines():

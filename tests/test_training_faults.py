@@ -117,7 +117,7 @@ def test_train_cli_rejects_a_bad_config_value_in_one_line(tmp_path, override, me
 
 def test_a_sweep_records_a_bad_config_value_as_a_failed_arm(tmp_path):
     cmd = [sys.executable, "-m", "neuromf.train", "-m", *TINY, *SMALL, "optim.lr=-1", f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     status = read_status(tmp_path / "0")
     assert status["status"] == "failed" and "optim.lr=-1: must be a number > 0" in status["reason"]
@@ -408,7 +408,7 @@ def test_a_killed_holders_forked_children_delay_the_takeover_but_do_not_block_it
         "    os._exit(0)\n"
         "print(os.getpid(), flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == -signal.SIGKILL and proc.stdout.strip().isdigit()
     taken: list = []
     waiter = threading.Thread(target=lambda: taken.append(RunLock(run).acquire()), daemon=True)
@@ -416,7 +416,7 @@ def test_a_killed_holders_forked_children_delay_the_takeover_but_do_not_block_it
     waiter.join(timeout=2.0)
     assert not taken, "took the lock while the killed holder's child still held it"
     release.touch()
-    waiter.join(timeout=600)
+    waiter.join(timeout=1800)
     assert taken, "the lock was not taken over after the child ended"
     try:
         assert f"pid={proc.stdout.strip()}" in (taken[0].stale_holder or "")  # the dead parent's holder line

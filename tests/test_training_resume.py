@@ -98,14 +98,14 @@ def test_train_cli_fast_dev_run_on_the_demo_data(tmp_path):
         "eval.feat3d_enabled=false",
         f"hydra.run.dir={tmp_path}/run",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_status(tmp_path / "run")["status"] == "completed"
 
 
 def test_train_cli_reports_a_bad_override_with_hydras_message(tmp_path):
     cmd = [sys.executable, "-m", "neuromf.train", "model.conditionning=dual", f"hydra.run.dir={tmp_path}/run"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode != 0
     assert "Could not override 'model.conditionning'" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -135,7 +135,7 @@ def test_a_diverging_run_stops_is_recorded_and_returns_nan(tmp_path):
 )
 def test_train_cli_reports_bad_input_in_one_line(tmp_path, override, message):
     cmd = [sys.executable, "-m", "neuromf.train", override, "logger=csv", f"hydra.run.dir={tmp_path}/run"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert read_status(tmp_path / "run")["status"] == "failed"

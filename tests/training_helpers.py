@@ -39,7 +39,7 @@ HOPELESS = [
 ]
 
 
-def slurm_launcher(partition: str, timeout_min: int = 5) -> list[str]:
+def slurm_launcher(partition: str, timeout_min: int = 60) -> list[str]:
     """Overrides that point conf/hydra/launcher/slurm_a100.yaml at the local CPU-only cluster."""
     return [
         "hydra/launcher=slurm_a100",

@@ -54,6 +54,12 @@ def main(cfg: DictConfig) -> float:
             _write_json(ckpt, state)
         starts = state["starts"]
     else:
+        if cfg.work.rendezvous:  # jobs side by side see each other start; one after the other never do
+            (out.parent / f"started_{out.name}").write_text(str(start["time"]))
+            deadline = time.monotonic() + cfg.work.rendezvous_s
+            while len(list(out.parent.glob("started_*"))) < cfg.work.rendezvous and time.monotonic() < deadline:
+                time.sleep(0.1)
+            start["met"] = len(list(out.parent.glob("started_*")))
         time.sleep(cfg.work.sleep_s)
         starts = [start]
     _write_json(out / "result.json", {"x": cfg.x, "y": cfg.y, "starts": starts, "output_dir": str(out)})
