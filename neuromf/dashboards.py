@@ -35,12 +35,11 @@ import wandb_workspaces.workspaces as ws
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
-from neuromf.evaluation.registry import direction_word
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, LEGACY_ALIASES, direction_word
 from neuromf.io_atomic import write_text_atomic
 from neuromf.meanflow.contract import JVP_PARTS
 from neuromf.meanflow.registry import all_diagnostics, all_terms
-from neuromf.tracking.keys import LEGACY_ALIASES, STEP_KEY, all_expected, metric_base
+from neuromf.tracking.keys import STEP_KEY, all_expected, metric_base
 from neuromf.tracking.metrics import REPLICATE_KEYS
 from neuromf.tracking.run import flat_config
 

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
 from neuromf.tracking.metrics import find_run_dirs, read_config
 from neuromf.tracking.redact import redact_text
 from neuromf.tracking.run import write_json_atomic
@@ -125,7 +126,7 @@ def eval_settings(cfg: dict) -> tuple[dict, str | None]:
     ev = {k: v for k, v in OmegaConf.to_container(default, resolve=False).items() if k != "enabled"}
     ev |= {
         "use_ema": (cfg.get("callbacks") or {}).get("ema_inference", True),
-        "objective_key": cfg.get("objective", "val/feat3d_fd/nfe1"),
+        "objective_key": cfg.get("objective", DEFAULT_OBJECTIVE),
         "objective_mode": cfg.get("objective_mode", "min"),
     }
     return ev, "the run had no evaluation config (eval=none): conf/eval/default.yaml settings"

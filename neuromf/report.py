@@ -31,11 +31,11 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from neuromf.evaluation.registry import metric_direction
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, metric_direction
 from neuromf.meanflow.registry import all_terms, objective_class
 from neuromf.report_intervals import interval_blocks
 from neuromf.tracking.keys import metric_base
-from neuromf.tracking.metrics import DEFAULT_OBJECTIVE, REPLICATE_KEYS, RunRecord, device_count, load_sweep
+from neuromf.tracking.metrics import REPLICATE_KEYS, RunRecord, device_count, load_sweep
 from neuromf.tracking.redact import MASK, redact_text
 from neuromf.tracking.run import flat_config, git_state
 from neuromf.tracking.run_dir import RunDir

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuromf.evaluation.callback import DEFAULT_OBJECTIVE, EvaluationCallback
+from neuromf.evaluation.callback import EvaluationCallback
 from neuromf.evaluation.ranking import SET_NAMES, known_quality_sets, rank_correct, score_sets
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
 from neuromf.evaluation.suite import MetricSuite
 
 EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml"

@@ -5,9 +5,17 @@ import pytest
 
 from neuromf.config_schema import direction_errors
 from neuromf.evaluation import registry
-from neuromf.evaluation.registry import METRICS, interval_keys, metric_direction, spec, split_interval
+from neuromf.evaluation.registry import (
+    DEFAULT_OBJECTIVE,
+    LEGACY_ALIASES,
+    METRICS,
+    interval_keys,
+    metric_direction,
+    spec,
+    split_interval,
+)
 from neuromf.evaluation.suite import FEAT3D_METRICS, HIGHER_IS_BETTER, UNRANKED
-from neuromf.tracking.keys import LEGACY_ALIASES, expected_keys, summary_mode
+from neuromf.tracking.keys import expected_keys, summary_mode
 
 
 @pytest.mark.parametrize(
@@ -43,6 +51,18 @@ def test_names_are_unique_and_views_follow_the_registry():
     assert FEAT3D_METRICS == ("feat3d_fd", "kid", "precision", "recall", "density", "coverage")
     assert LEGACY_ALIASES == ("swd", "swd_patch", "feat3d_fd", "fid_axial", "fid_coronal", "fid_sagittal", "fid_mean")
     assert spec("val/kid/nfe2").needs == "feat3d" and spec("kid").interval and not spec("swd").interval
+
+
+def test_the_default_objective_is_the_configs():
+    """DEFAULT_OBJECTIVE (the code's fallback) and conf/train.yaml's `objective` (the config default) agree, and it
+    is a registered metric that has a better direction."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    train = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml")
+    assert train.objective == DEFAULT_OBJECTIVE
+    assert spec(DEFAULT_OBJECTIVE) is not None and metric_direction(DEFAULT_OBJECTIVE) == train.objective_mode
 
 
 def test_interval_keys_round_trip():

@@ -23,6 +23,7 @@ from neuromf.bench.speed_options import channels_last_3d, compiled_time_derivati
 from neuromf.bench.targets import TARGETS, add_ratios, baseline_rows, check_targets
 from neuromf.meanflow import MeanFlowObjective
 from neuromf.meanflow.jvp import JVP_STRATEGIES, jvp_exact
+from neuromf.meanflow.tensors import per_sample
 from neuromf.models import MeanFlowUNet
 from neuromf.training.budget import count_flops
 
@@ -81,7 +82,7 @@ def make_step(kind: str, jvp: str | None, model, args, device, x: torch.Tensor):
             if kind == "fm":
                 eps = torch.randn(x.shape, generator=gen, device=device)
                 t = torch.sigmoid(torch.randn(x.shape[0], generator=gen, device=device) - 0.4)
-                tb = t.view(-1, 1, 1, 1, 1)
+                tb = per_sample(t, x)
                 z = (1 - tb) * x + tb * eps
                 if args.channels_last:
                     z = z.contiguous(memory_format=torch.channels_last_3d)

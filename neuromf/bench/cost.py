@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from neuromf.meanflow import AlphaFlowObjective, MeanFlowObjective, SplitMeanFlowObjective
+from neuromf.meanflow.tensors import per_sample
 from neuromf.models import MeanFlowUNet
 from neuromf.training.budget import countable_forward_ad
 
@@ -190,7 +191,7 @@ def _build(cfg: dict, v_head: bool, seed: int) -> MeanFlowUNet:
 
 def _forward(kind: str, jvp: str | None, model, x, eps, r, t):
     if kind == "fm":  # FlowMatchingObjective at norm_p = 0 is this mean |u(z_t, t, t) - v|^2
-        tb = t.view(-1, 1, 1, 1, 1)
+        tb = per_sample(t, x)
         z = (1 - tb) * x + tb * eps
         return lambda: F.mse_loss(model(z, t, t).float(), eps - x)
     if kind == "alphaflow":  # alpha in (0, 1): the discrete target, one no-grad forward

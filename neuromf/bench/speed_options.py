@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from neuromf.meanflow.fast_jvp import fused_active, fused_jvp_mode
 from neuromf.meanflow.jvp import JVP_STRATEGIES, jvp_fd
+from neuromf.meanflow.tensors import float32_if_half
 
 
 class DecomposedGroupNorm(nn.GroupNorm):
@@ -25,7 +26,7 @@ class DecomposedGroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         n, c = x.shape[:2]
         xg = x.reshape(n, self.num_groups, -1)
-        xg = xg.float() if xg.dtype in (torch.float16, torch.bfloat16) else xg
+        xg = float32_if_half(xg)
         var, mean = torch.var_mean(xg, dim=-1, keepdim=True, correction=0)
         y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
         if self.affine:

@@ -2,8 +2,8 @@
 
 from neuromf.evaluation.cache import StatsCache, default_cache_dir, tensor_fingerprint
 from neuromf.evaluation.callback import EvaluationCallback
-from neuromf.evaluation.frechet import FeatureStats, feature_stats, fid_from_features, frechet_distance
-from neuromf.evaluation.swd import random_projections, sliced_wasserstein
+from neuromf.evaluation.frechet import FeatureStats, feature_stats, frechet_distance
+from neuromf.evaluation.swd import sliced_wasserstein
 
 __all__ = [
     "EvaluationCallback",
@@ -11,9 +11,7 @@ __all__ = [
     "StatsCache",
     "default_cache_dir",
     "feature_stats",
-    "fid_from_features",
     "frechet_distance",
-    "random_projections",
     "sliced_wasserstein",
     "tensor_fingerprint",
 ]

@@ -46,16 +46,14 @@ from pytorch_lightning.callbacks import EarlyStopping
 from neuromf.evaluation.cache import StatsCache, tensor_fingerprint
 from neuromf.evaluation.frechet import FeatureStats
 from neuromf.evaluation.ranking import collapsed_set
-from neuromf.evaluation.registry import METRICS, interval_keys, metric_direction
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, LEGACY_ALIASES, interval_keys, metric_direction
 from neuromf.evaluation.suite import FEAT3D_METRICS, MetricSuite, RealReference
 from neuromf.io_atomic import write_json_atomic
 
-__all__ = ["EvaluationCallback", "DEFAULT_OBJECTIVE", "LEGACY_ALIASES"]
+__all__ = ["EvaluationCallback"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OBJECTIVE = "val/feat3d_fd/nfe1"  # ranks the known-quality sets right (neuromf.evaluation.ranking)
-LEGACY_ALIASES = tuple(m.name for m in METRICS if m.legacy_alias)
 _NOISE_SALT = 0x0F0E  # reference noise latents: another stream than the evaluation noise
 _KNN_SALT = 0x6B4E4E  # the k-NN reference subset: another draw than the real-floor subset
 

@@ -4,7 +4,7 @@
 statistics can be cached and reused. ``frechet_distance`` computes the trace term from eigenvalues
 (hand-written glue, float64): ``tr sqrt(S1 S2) = sum sqrt(eigvalsh(sqrt(S1) S2 sqrt(S1)))`` with two
 symmetric eigendecompositions — the same value as MONAI's ``compute_frechet_distance`` (scipy ``sqrtm``),
-which took 35-90 s per 2048-D plane on 2 cores, in about a second. ``fid_from_features`` is MONAI's FIDMetric.
+which took 35-90 s per 2048-D plane on 2 cores, in about a second.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from monai.metrics import FIDMetric
 
-__all__ = ["FeatureStats", "feature_stats", "frechet_distance", "fid_from_features", "trace_sqrt_product"]
+__all__ = ["FeatureStats", "feature_stats", "frechet_distance", "trace_sqrt_product"]
 
 
 @dataclass
@@ -64,8 +63,3 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     diff = (a.mu.double() - b.mu.double()).pow(2).sum()
     tr = a.sigma.double().trace() + b.sigma.double().trace()
     return max(float(diff + tr) - 2.0 * trace_sqrt_product(a.sigma, b.sigma), 0.0)
-
-
-def fid_from_features(fake: torch.Tensor, real: torch.Tensor) -> float:
-    """Frechet distance between two feature sets (N, F) and (M, F) with MONAI's FIDMetric."""
-    return max(float(FIDMetric()(fake.detach().cpu(), real.detach().cpu())), 0.0)

@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_OBJECTIVE",
     "INTERVAL_SUFFIXES",
+    "LEGACY_ALIASES",
     "METRICS",
     "MetricSpec",
     "direction_word",
@@ -80,6 +82,10 @@ METRICS: tuple[MetricSpec, ...] = (
     ),  # fmt: skip
 )
 _BY_NAME = {m.name: m for m in METRICS}
+LEGACY_ALIASES = tuple(m.name for m in METRICS if m.legacy_alias)  # val/<m> = val/<m>/nfe<first NFE>
+# the objective a run's evaluation reports to a sweeper unless `objective` says otherwise (conf/train.yaml holds the
+# same key): it ranks the sample sets of known quality right (neuromf.evaluation.ranking)
+DEFAULT_OBJECTIVE = "val/feat3d_fd/nfe1"
 _BASE = re.compile(r"^(?:val|ref)/([^/]+)")
 
 

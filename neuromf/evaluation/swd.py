@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["patch_sliced_wasserstein", "random_patches", "random_projections", "sliced_wasserstein"]
+__all__ = ["patch_sliced_wasserstein", "projection_chunks", "random_patches", "sliced_wasserstein"]
 
 _SALT = 0x5D15C0DE
 _CHUNK = 32  # projections generated (and applied) per chunk: bounds memory for large latents (d ~ 4*48^3)
 
 
-def _projection_chunks(dim: int, num_projections: int, seed: int, chunk_size: int = _CHUNK):
-    """Unit directions in chunks (k, dim), float32 on CPU, deterministic in ``seed``."""
+def projection_chunks(dim: int, num_projections: int, seed: int, chunk_size: int = _CHUNK):
+    """The unit directions :func:`sliced_wasserstein` uses for these arguments, in chunks (k, dim) of at most
+    ``chunk_size``, float32 on CPU, deterministic in ``seed``."""
     # salted: directions drawn from the same stream as seeded noise (e.g. the evaluation noise, seed 0) would
     # align the first direction with the first sample and inflate its projection by sqrt(d)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) ^ _SALT)
@@ -35,11 +36,6 @@ def _projection_chunks(dim: int, num_projections: int, seed: int, chunk_size: in
         theta = torch.randn(k, dim, generator=gen, dtype=torch.float32)
         yield theta / theta.norm(dim=1, keepdim=True)
         done += k
-
-
-def random_projections(dim: int, num_projections: int = 256, seed: int = 0) -> torch.Tensor:
-    """The unit directions :func:`sliced_wasserstein` uses for these arguments: (P, dim)."""
-    return torch.cat(list(_projection_chunks(dim, num_projections, seed)), dim=0)
 
 
 def _flatten(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -102,7 +98,7 @@ def sliced_wasserstein(
     n, m = xf.shape[0], yf.shape[0]
     grid = _quantile_grid(n, m, xf.device) if n != m else None
     per_proj = []
-    for theta in _projection_chunks(xf.shape[1], num_projections, seed):
+    for theta in projection_chunks(xf.shape[1], num_projections, seed):
         theta = theta.to(device=xf.device, dtype=dtype)
         px, _ = (xf @ theta.T).sort(dim=0)  # (N, k)
         py, _ = (yf @ theta.T).sort(dim=0)  # (M, k)

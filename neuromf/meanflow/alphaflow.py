@@ -28,8 +28,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from neuromf.meanflow.contract import bcast
 from neuromf.meanflow.objective import MeanFlowObjective
+from neuromf.meanflow.tensors import per_sample
 
 ALPHA_SCHEDULES = ("sigmoid", "linear")
 
@@ -111,14 +111,15 @@ class AlphaFlowObjective(MeanFlowObjective):
         r, t = r.to(x.dtype), t.to(x.dtype)
         h = t - r
         fm = h == 0
-        z_t = (1 - bcast(t, x)) * x + bcast(t, x) * eps
+        z_t = (1 - per_sample(t, x)) * x + per_sample(t, x) * eps
         v = eps - x
         dt = alpha * h
         with torch.no_grad():
             if alpha < 1.0:  # alpha = 1: t - dt - r = 0, the target is v and needs no forward
-                u_next = model(z_t - bcast(dt, x) * v, r, t - dt)
-                u_tgt = (bcast(dt, x) * v + bcast(t - dt - r, x) * u_next) / bcast(torch.where(fm, 1, h), x)
-                u_tgt = torch.where(bcast(fm, x), v, u_tgt)
+                u_next = model(z_t - per_sample(dt, x) * v, r, t - dt)
+                h_or_1 = per_sample(torch.where(fm, 1, h), x)
+                u_tgt = (per_sample(dt, x) * v + per_sample(t - dt - r, x) * u_next) / h_or_1
+                u_tgt = torch.where(per_sample(fm, x), v, u_tgt)
             else:
                 u_tgt = v
             if self.target_clip is not None:

@@ -31,11 +31,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from neuromf.meanflow.tensors import float32_if_half
+
 SAMPLERS = ("average", "instantaneous")
 JVP_PARTS = ("jvp_t_norm", "jvp_z_norm")  # logged by the diagnostics callback where an objective keeps last_point
 
 
-def _get(cfg: dict, dotted: str, default=None):
+def dotted_get(cfg: dict, dotted: str, default=None):
+    """``cfg["a"]["b"]`` for ``"a.b"`` in a plain (resolved) config dict; `default` where a part is missing."""
     for part in dotted.split("."):
         if not isinstance(cfg, dict) or part not in cfg:
             return default
@@ -43,19 +46,9 @@ def _get(cfg: dict, dotted: str, default=None):
     return cfg
 
 
-def _upcast(a: Tensor) -> Tensor:
-    """Half-precision tensors are reduced in float32; float32/float64 stay as they are."""
-    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
-
-
-def bcast(s: Tensor, like: Tensor) -> Tensor:
-    """(B,) -> (B, 1, 1, 1, 1) to broadcast against `like`."""
-    return s.view(-1, *([1] * (like.ndim - 1)))
-
-
 def per_channel_distance(delta: Tensor, p: float, mask: Tensor | None = None) -> Tensor:
     """Per-sample, per-channel mean of |delta|^p over voxels (masked mean when `mask` (B,1,...) is given): (B, C)."""
-    err = _upcast(delta).abs().pow(p)
+    err = float32_if_half(delta).abs().pow(p)
     if mask is None:
         return err.flatten(2).mean(-1)
     mask = mask.to(err.dtype).expand_as(err)
@@ -119,7 +112,7 @@ class Objective:
 
     @staticmethod
     def use_v_head(cfg: dict) -> bool:
-        return bool(_get(cfg, "model.use_v_head", False))
+        return bool(dotted_get(cfg, "model.use_v_head", False))
 
     @classmethod
     def terms(cls, cfg: dict) -> tuple[str, ...]:
@@ -133,7 +126,7 @@ class Objective:
     @classmethod
     def quantity(cls, cfg: dict, term: str) -> str:
         """Objective, tangent / head, time sampling and distance settings: what makes two values the same measure."""
-        loss = dict(_get(cfg, "loss", {}) or {})
+        loss = dict(dotted_get(cfg, "loss", {}) or {})
         loss.pop("jvp", None), loss.pop("fd_step", None), loss.pop("derivative_fn", None)  # how, not what
         head = "v_hat" if cls.use_v_head(cfg) else "v"
         return json.dumps({"objective": cls.name, "term": term, "v_head": head, "loss": loss}, sort_keys=True)

@@ -30,6 +30,8 @@ from monai.networks.blocks.selfattention import SABlock
 from torch import Tensor, nn
 from torch.autograd import Function
 
+from neuromf.meanflow.tensors import float32_if_half
+
 _STATE = threading.local()
 
 
@@ -58,14 +60,9 @@ def _cast(a: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
     return a if a is None or dtype is None or a.dtype == dtype else a.to(dtype)
 
 
-def _up(a: Tensor) -> Tensor:
-    """Half precision -> float32 for reductions; float32/float64 unchanged."""
-    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
-
-
 def _tangent_dtype(*a: Tensor) -> torch.dtype:
     """Tangents are computed in float32 (float64 stays float64), whatever autocast gives the primal."""
-    return torch.promote_types(_up(a[0]).dtype, _up(a[-1]).dtype)
+    return torch.promote_types(float32_if_half(a[0]).dtype, float32_if_half(a[-1]).dtype)
 
 
 def _no_autocast(x: Tensor):
@@ -234,13 +231,13 @@ class _GroupNormFn(Function):
         n, c = xc.shape[:2]
         with torch.no_grad(), _no_autocast(xc):
             # d xhat = rstd (dx - mean_g(dx) - xhat mean_g(xhat dx))  (rstd = 1/sqrt(var + eps))
-            xg, tg = _up(xc.detach()).reshape(n, groups, -1), _up(tx).reshape(n, groups, -1)
-            m, s = _up(mean.detach()).unsqueeze(-1), _up(rstd.detach()).unsqueeze(-1)
+            xg, tg = float32_if_half(xc.detach()).reshape(n, groups, -1), float32_if_half(tx).reshape(n, groups, -1)
+            m, s = float32_if_half(mean.detach()).unsqueeze(-1), float32_if_half(rstd.detach()).unsqueeze(-1)
             xhat = (xg - m) * s
             dxhat = s * (tg - tg.mean(-1, keepdim=True) - xhat * (xhat * tg).mean(-1, keepdim=True))
             dy = dxhat.reshape(xc.shape)
             if wc is not None:
-                dy = dy * _up(wc.detach()).view(1, c, *([1] * (xc.ndim - 2)))
+                dy = dy * float32_if_half(wc.detach()).view(1, c, *([1] * (xc.ndim - 2)))
             return dy
 
 
@@ -307,20 +304,20 @@ class _AttentionFn(Function):
         q, k, v = ctx.saved_tensors
         if dq is None and dk is None and dv is None:
             return None
-        out = torch.empty(v.shape, dtype=_up(v).dtype, device=v.device)  # float32 tangent under autocast
+        out = torch.empty(v.shape, dtype=float32_if_half(v).dtype, device=v.device)  # float32 tangent under autocast
         with torch.no_grad(), _no_autocast(v):
             for i in range(q.shape[0]):  # one sample at a time bounds the transient L x L matrices
-                qi, ki, vi = _up(q[i].detach()), _up(k[i].detach()), _up(v[i].detach())
+                qi, ki, vi = (float32_if_half(a[i].detach()) for a in (q, k, v))
                 p = torch.softmax(ctx.scale * qi @ ki.transpose(-1, -2), dim=-1)
                 ds = torch.zeros_like(p)
                 if dq is not None:
-                    ds += _up(dq[i]) @ ki.transpose(-1, -2)
+                    ds += float32_if_half(dq[i]) @ ki.transpose(-1, -2)
                 if dk is not None:
-                    ds += qi @ _up(dk[i]).transpose(-1, -2)
+                    ds += qi @ float32_if_half(dk[i]).transpose(-1, -2)
                 pds = p * (ctx.scale * ds)
                 do = pds @ vi - pds.sum(-1, keepdim=True) * (p @ vi)
                 if dv is not None:
-                    do += p @ _up(dv[i])
+                    do += p @ float32_if_half(dv[i])
                 out[i] = do
         return out
 

@@ -18,7 +18,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from neuromf.meanflow.contract import Objective, bcast
+from neuromf.meanflow.contract import Objective
+from neuromf.meanflow.tensors import per_sample
 from neuromf.meanflow.time_sampling import TimeSampler
 
 
@@ -64,7 +65,7 @@ class FlowMatchingObjective(Objective):
         if t is None:
             t = self.time_sampler.draw(x.shape[0], x.device, generator)
         t = t.to(x.dtype)
-        z_t = (1 - bcast(t, x)) * x + bcast(t, x) * eps
+        z_t = (1 - per_sample(t, x)) * x + per_sample(t, x) * eps
         v = eps - x
         imf = getattr(model, "use_v_head", False)
         u, v_hat = model.u_and_v(z_t, t, t) if imf and self.v_loss_weight > 0 else (model(z_t, t, t), None)

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from neuromf.meanflow.fast_jvp import jvp_exact_fused
+from neuromf.meanflow.tensors import HALF_DTYPES, float32_if_half, per_sample
 
 JVP_STRATEGIES = ("exact", "fd", "exact_fused")
 
@@ -33,14 +34,6 @@ def check_jvp_strategy(prediction_type: str, jvp: str) -> None:
         )
 
 
-def _unsqueeze(s: Tensor, like: Tensor) -> Tensor:
-    return s.view(-1, *([1] * (like.ndim - 1)))
-
-
-def _full(a: Tensor) -> Tensor:
-    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
-
-
 def jvp_exact(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor) -> Tensor:
     """du/dt = d/ds u(z_t + s v~, r, t + s) at s = 0, by torch.func.jvp, no autograd graph kept.
 
@@ -53,7 +46,7 @@ def jvp_exact(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Tensor) -> Tens
 
 def _jvp_float32(model, z_t: Tensor, r: Tensor, t: Tensor, dz: Tensor, dt: Tensor) -> Tensor:
     """d/ds u(z_t + s dz, r, t + s dt) at s = 0 (dz like z_t, dt (B,)), in float32 outside autocast, no graph."""
-    z_t, r, t, dz, dt = _full(z_t), _full(r), _full(t), _full(dz), _full(dt)
+    z_t, r, t, dz, dt = map(float32_if_half, (z_t, r, t, dz, dt))
     # SDPA's flash / memory-efficient kernels have no forward-mode AD: a model built with
     # use_flash_attention=True (MONAI's SDPA path) takes its JVP through the math kernel
     with torch.no_grad(), torch.autocast(z_t.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
@@ -74,7 +67,7 @@ def time_derivative_parts(model, z_t: Tensor, r: Tensor, t: Tensor, v_tilde: Ten
 
 def rms_norm(a: Tensor) -> Tensor:
     """Per-sample RMS of a (B, ...) tensor, averaged over the batch (float32 scalar), as `jvp_norm`."""
-    return _full(a.detach()).flatten(1).pow(2).mean(1).sqrt().mean()
+    return float32_if_half(a.detach()).flatten(1).pow(2).mean(1).sqrt().mean()
 
 
 def jvp_fd(
@@ -89,13 +82,13 @@ def jvp_fd(
     otherwise u(z_t, r, t) is evaluated again in float32 (one extra no-grad forward under autocast).
     """
     device = z_t.device.type
-    reuse = u is not None and u.dtype not in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(device)
-    z_t, r, t, v_tilde = _full(z_t), _full(r), _full(t), _full(v_tilde)
+    reuse = u is not None and u.dtype not in HALF_DTYPES and not torch.is_autocast_enabled(device)
+    z_t, r, t, v_tilde = map(float32_if_half, (z_t, r, t, v_tilde))
     s = torch.where(t + step <= 1.0, torch.full_like(t, step), torch.full_like(t, -step))
     with torch.no_grad(), torch.autocast(device, enabled=False):
         u_base = u.detach() if reuse else model(z_t, r, t)
-        u_shift = model(z_t + _unsqueeze(s, z_t) * v_tilde, r, t + s)
-    return (u_shift - u_base) / _unsqueeze(s, z_t)
+        u_shift = model(z_t + per_sample(s, z_t) * v_tilde, r, t + s)
+    return (u_shift - u_base) / per_sample(s, z_t)
 
 
 def time_derivative(

@@ -33,23 +33,14 @@ from torch import Tensor
 
 from neuromf.meanflow.contract import JVP_PARTS, Objective, per_channel_distance  # noqa: F401 (re-exported)
 from neuromf.meanflow.jvp import JVP_STRATEGIES, check_jvp_strategy, time_derivative
+from neuromf.meanflow.tensors import float32_if_half, per_sample
 from neuromf.meanflow.time_sampling import TimeSampler
 
 IMF_V_LOSS = ("shared", "separate")
 
 
-def _upcast(a: Tensor) -> Tensor:
-    """Half-precision tensors are reduced in float32; float32/float64 stay as they are."""
-    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
-
-
-def _bcast(s: Tensor, like: Tensor) -> Tensor:
-    """(B,) -> (B, 1, 1, 1, 1) to broadcast against `like`."""
-    return s.view(-1, *([1] * (like.ndim - 1)))
-
-
 def _cosine(a: Tensor, b: Tensor) -> Tensor:
-    return F.cosine_similarity(_upcast(a).flatten(1), _upcast(b).flatten(1), dim=1).mean()
+    return F.cosine_similarity(float32_if_half(a).flatten(1), float32_if_half(b).flatten(1), dim=1).mean()
 
 
 @dataclass
@@ -123,7 +114,7 @@ class MeanFlowObjective(Objective):
             r, t = self.draw_times(b, x.device, generator, step)
         r, t = r.to(x.dtype), t.to(x.dtype)
         h = t - r
-        z_t = (1 - _bcast(t, x)) * x + _bcast(t, x) * eps
+        z_t = (1 - per_sample(t, x)) * x + per_sample(t, x) * eps
         v = eps - x
 
         imf = getattr(model, "use_v_head", False)
@@ -144,7 +135,7 @@ class MeanFlowObjective(Objective):
             if shared:
                 v_hat = v_tilde
         self.last_point = {"z_t": z_t.detach(), "r": r.detach(), "t": t.detach(), "v_tilde": v_tilde.detach()}
-        u_tgt = (v - _bcast(h, x) * du_dt).detach()  # sg(v - h du/dt)
+        u_tgt = (v - per_sample(h, x) * du_dt).detach()  # sg(v - h du/dt)
         delta_u = u - u_tgt  # == V - v with V = u + h sg(du/dt)
         loss_u, d_u, per_ch = self.adaptive_loss(delta_u, mask, weight=self.gap_weight(h, step))
         loss, raw = loss_u, d_u
@@ -156,13 +147,13 @@ class MeanFlowObjective(Objective):
             diag["loss_v"] = d_v.mean().detach()
             diag["cos_vhat_v"] = _cosine(v_hat.detach(), v)
         with torch.no_grad():
-            V = u.detach() + _bcast(h, x) * du_dt
+            V = u.detach() + per_sample(h, x) * du_dt
             fm = r == t
             diag.update(
                 loss=loss.detach(),
                 loss_raw=raw.mean().detach(),
                 loss_u=d_u.mean().detach(),
-                jvp_norm=_upcast(du_dt).flatten(1).pow(2).mean(1).sqrt().mean(),
+                jvp_norm=float32_if_half(du_dt).flatten(1).pow(2).mean(1).sqrt().mean(),
                 cos_V_v=_cosine(V, v),
                 fm_fraction=fm.float().mean(),
                 # NaN when no sample of that kind (0/0); no data-dependent branch

@@ -25,7 +25,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from neuromf.meanflow.contract import Objective, bcast
+from neuromf.meanflow.contract import Objective
+from neuromf.meanflow.tensors import per_sample
 from neuromf.meanflow.time_sampling import TimeSampler
 
 
@@ -60,9 +61,9 @@ class SplitMeanFlowObjective(Objective):
         s = (1 - lam) * t + lam * r
         with torch.no_grad():
             u2 = model(z_t, s, t)
-            z_s = z_t - bcast(t - s, z_t) * u2
+            z_s = z_t - per_sample(t - s, z_t) * u2
             u1 = model(z_s, r, s)
-        return bcast(1 - lam, z_t) * u1 + bcast(lam, z_t) * u2
+        return per_sample(1 - lam, z_t) * u1 + per_sample(lam, z_t) * u2
 
     def __call__(
         self,
@@ -86,8 +87,8 @@ class SplitMeanFlowObjective(Objective):
             lam = torch.rand(b, generator=generator, device=x.device)
         r, t, lam = r.to(x.dtype), t.to(x.dtype), lam.to(x.dtype)
         fm = t == r
-        z_t = (1 - bcast(t, x)) * x + bcast(t, x) * eps
+        z_t = (1 - per_sample(t, x)) * x + per_sample(t, x) * eps
         v = eps - x
-        u_tgt = torch.where(bcast(fm, x), v, self.split_target(model, z_t, r, t, lam))
+        u_tgt = torch.where(per_sample(fm, x), v, self.split_target(model, z_t, r, t, lam))
         loss, diag = self.regress_on_target(model, z_t, r, t, v, u_tgt, mask)
         return loss, diag

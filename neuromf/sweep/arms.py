@@ -19,15 +19,18 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 def grid_jobs(config: DictConfig) -> list[list[str]] | None:
     """The override list of every job a basic-sweeper multirun of `config` launches, in launch order (Hydra's own
-    expansion: `hydra.sweeper.params` then the command line, cartesian product); None for another sweeper."""
-    sweeper = config.hydra.sweeper
+    expansion: `hydra.sweeper.params` then the command line, cartesian product, BasicSweeper.split_arguments);
+    None for another sweeper (an Optuna study's trials are not known in advance). Read before the sweep starts
+    (neuromf/sweep/preflight.py) and after it ends (the jobs without a run dir in neuromf/sweep/summary.py)."""
+    sweeper = config.hydra.get("sweeper") or {}
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     arguments = params + list(config.hydra.overrides.task)
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    hydra = GlobalHydra.instance()  # its config loader expands glob() choices of config groups
+    parser = OverridesParser.create(config_loader=hydra.config_loader() if hydra.is_initialized() else None)
     batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), max_batch_size=None)
     return [job for batch in batches for job in batch]
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from neuromf.evaluation.registry import metric_direction
 from neuromf.io_atomic import write_text_atomic
 from neuromf.report_intervals import run_interval
+from neuromf.sweep.arms import grid_jobs
 from neuromf.tracking.metrics import device_count, load_sweep, read_config
 from neuromf.tracking.redact import redact
 from neuromf.tracking.run import read_status, write_redacted_json
@@ -45,31 +46,12 @@ def pruning_savings(run_dir: Path, status: dict | None = None) -> dict:
     return out
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
-def planned_jobs(config: DictConfig) -> list[list[str]] | None:
-    """The overrides of every job of a grid multirun (Hydra's BasicSweeper: hydra.sweeper.params, then the
-    command line's overrides, expanded with BasicSweeper.split_arguments as it does); None for other sweepers
-    (an Optuna study's trials are not known in advance)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    sweeper = config.hydra.get("sweeper") or {}
-    if sweeper.get("_target_") != BASIC_SWEEPER:
-        return None
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 def summarize_sweep(sweep_dir: Path, planned: list[list[str]] | None = None) -> list[dict]:
     """One row per run dir of the sweep: job, overrides, status, reason, objective key, its direction
     (``objective_mode``: the run's, else the metric registry's), objective and the standard error its evaluation
-    logged beside it (``objective_se``), and for pruned runs the
-    step they stopped at and the device-hours that saved (estimated; column `saved_gpu_h`); written as JSON and CSV,
-    redacted (neuromf/tracking/redact.py). `planned` (planned_jobs): the jobs of a grid, each without a run dir
-    listed as "not started"."""
+    logged beside it (``objective_se``), and for pruned runs the step they stopped at and the device-hours that
+    saved (estimated; column `saved_gpu_h`); written as JSON and CSV, redacted (neuromf/tracking/redact.py).
+    `planned` (neuromf.sweep.arms.grid_jobs): the jobs of a grid, each without a run dir listed as "not started"."""
     rows = []
     try:
         runs = load_sweep(sweep_dir)
@@ -122,7 +104,7 @@ class SweepSummary(Callback):
         if not sweep_dir.exists():  # refused before any job started (e.g. DistinctArms): nothing to summarise
             return
         try:
-            planned = planned_jobs(config)
+            planned = grid_jobs(config)
         except Exception as err:  # an override this Hydra cannot expand: summarise the run dirs only
             log.warning("cannot list the sweep's jobs (%s): summarising its run dirs only", err)
             planned = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from neuromf.evaluation.registry import INTERVAL_SUFFIXES, METRICS, metrics_needing, spec
+from neuromf.evaluation.registry import INTERVAL_SUFFIXES, LEGACY_ALIASES, metrics_needing, spec
 from neuromf.evaluation.registry import metric_direction as metric_direction
 
 STEP_KEY = "trainer/global_step"  # Lightning's WandbLogger x axis
@@ -17,7 +17,6 @@ STEP_KEY = "trainer/global_step"  # Lightning's WandbLogger x axis
 LATENT_METRICS = metrics_needing("latents")  # on latents: always computed
 FEAT3D_METRICS = metrics_needing("feat3d")
 FID_METRICS = metrics_needing("fid")
-LEGACY_ALIASES = tuple(m.name for m in METRICS if m.legacy_alias)  # val/<m> = val/<m>/nfe<first NFE>
 _BASE = re.compile(r"^(?:val|ref)/([^/]+)")
 
 
@@ -35,21 +34,6 @@ def summary_mode(key: str, cfg: dict[str, Any] | None = None) -> str | None:
     if cfg and key == cfg.get("objective"):
         return None
     return metric_direction(key) if key.startswith(("val/", "train/loss")) else None
-
-
-def summary_name(key: str, mode: str | None) -> str:
-    """Name of a run-summary value in W&B's runs table and panels. With ``define_metric(summary="min,last")``
-    W&B stores ``{"min": .., "last": ..}`` under the key, shown as ``key.min`` / ``key.last``; without a
-    summary option (``mode`` None, and the objective) the bare key holds the value."""
-    return f"{key}.{mode}" if mode else key
-
-
-def _get(cfg: dict, dotted: str, default=None):
-    for part in dotted.split("."):
-        if not isinstance(cfg, dict) or part not in cfg:
-            return default
-        cfg = cfg[part]
-    return cfg
 
 
 def eval_metrics(cfg: dict[str, Any]) -> list[str]:
@@ -73,18 +57,19 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     The loss terms and diagnostics are the objective's (``loss._target_``, neuromf/meanflow/contract.py): e.g.
     ``train/loss_v`` only with a v-head. Memory only on GPU; FID only with ``eval.fid_weights``; eval metrics
     per step count ``eval.nfe_list``; reference levels when ``eval.reference_levels``; samples per NFE."""
+    from neuromf.meanflow.contract import dotted_get
     from neuromf.meanflow.registry import objective_class
 
-    objective = objective_class(_get(cfg, "loss"))
+    objective = objective_class(dotted_get(cfg, "loss"))
     terms = objective.terms(cfg)
-    channels = int(_get(cfg, "model.in_channels", 1) or 1)
-    gpu = _get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")
+    channels = int(dotted_get(cfg, "model.in_channels", 1) or 1)
+    gpu = dotted_get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")
     train = ["train/loss", "train/loss_raw", *(f"train/{term}" for term in terms)]
     train += [f"train/loss_ch{c}" for c in range(channels)]
     diag = [f"train/{k}" for k in objective.diagnostics(cfg)]
     system = ["train/samples_per_s", *(["train/peak_mem_gb"] if gpu else []), "lr-AdamW"]
     val = ["val/loss_raw", *(f"val/{term}" for term in terms)]
-    ev = _get(cfg, "eval", {}) or {}
+    ev = dotted_get(cfg, "eval", {}) or {}
     metrics = eval_metrics(cfg)
     nfes = [int(n) for n in ev.get("nfe_list", [])] if metrics else []
     evaluation = [f"val/{m}/nfe{n}" for m in metrics for n in nfes]
@@ -96,7 +81,7 @@ def expected_keys(cfg: dict[str, Any]) -> dict[str, list[str]]:
     levels = ("real", "collapsed", "noise")  # the evaluation's reference sets (neuromf/evaluation/callback.py)
     ref = [f"ref/{m}/{lvl}" for m in metrics if spec(m).reference_levels for lvl in levels]
     ref = ref if ev.get("reference_levels") else []
-    samples_cfg = _get(cfg, "callbacks.samples", {}) or {}
+    samples_cfg = dotted_get(cfg, "callbacks.samples", {}) or {}
     samples = (
         [f"samples/nfe_{n}" for n in sorted(samples_cfg.get("nfe_list", []))] if samples_cfg.get("enabled") else []
     )

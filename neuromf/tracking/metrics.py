@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
 from neuromf.tracking.redact import redact
 from neuromf.tracking.run_dir import RunDir
 

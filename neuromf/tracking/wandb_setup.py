@@ -140,7 +140,7 @@ def define_metrics(run, cfg: dict) -> dict[str, str | None]:
     """Every metric on `trainer/global_step`; min / max summaries (best over validations, and the last value) for
     the losses, evaluation metrics and objective the resolved config ``cfg`` logs (``neuromf.tracking.keys``).
 
-    W&B stores such a summary nested (``key.min``, ``key.last``; ``neuromf.tracking.keys.summary_name``); the
+    W&B stores such a summary nested (``key.min``, ``key.last``); the
     other keys get no summary option, so their bare key keeps the last value; the objective's plain key holds its
     best value (``ObjectiveSummary``). Returns {key: summary or None}."""
     from neuromf.tracking.keys import STEP_KEY, expected_keys, summary_mode

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from neuromf.evaluation.callback import DEFAULT_OBJECTIVE
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
 from neuromf.meanflow import noise_like
 from neuromf.meanflow.jvp import rms_norm, time_derivative_parts
 from neuromf.tracking.run_dir import RunDir
