@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuromf.run_dir import RunDir
 from neuromf.tracking.metrics import device_count, is_arm_key, split_arm
-from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.wandb_setup import override_tags
 
 
