@@ -39,6 +39,7 @@ from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, LEGACY_ALIASES, direc
 from neuromf.io_atomic import write_text_atomic
 from neuromf.meanflow.contract import JVP_PARTS
 from neuromf.meanflow.registry import all_diagnostics, all_terms
+from neuromf.run_dir import RunDir
 from neuromf.tracking.keys import STEP_KEY, all_expected, metric_base
 from neuromf.tracking.metrics import REPLICATE_KEYS
 from neuromf.tracking.run import flat_config
@@ -215,7 +216,7 @@ def launch_group(sweep_dir: Path, sweep_name: str | None) -> str:
     experiment = None
     for run in find_run_dirs(sweep_dir)[:1]:
         try:
-            hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text()) or {}
+            hydra = yaml.safe_load(RunDir(run).hydra_settings.read_text()) or {}
             experiment = (((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}).get("experiment")
         except (OSError, yaml.YAMLError, AttributeError):
             experiment = None

@@ -22,12 +22,12 @@ from types import SimpleNamespace
 import torch
 
 from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
+from neuromf.io_atomic import write_json_atomic
+from neuromf.run_dir import RunDir
 from neuromf.tracking.metrics import find_run_dirs, read_config
 from neuromf.tracking.redact import redact_text
-from neuromf.tracking.run import write_json_atomic
 
 SAMPLE_FACTOR = 4  # default test samples per step count: this many times the validation's eval.num_samples
-FINAL_FILE = Path("eval") / "final.json"
 _BEST = re.compile(r"^best-(\d+)-(\d+)\.ckpt$")  # train.py: best-{epoch:03d}-{step:06d}.ckpt
 
 
@@ -39,7 +39,7 @@ def run_dirs(path: Path) -> list[Path]:
     """[path] for a run dir (it has .hydra/), its run dirs for a sweep dir; EvaluationInputError otherwise."""
     if not path.is_dir():
         raise EvaluationInputError(f"{path}: no such run or sweep dir")
-    if (path / ".hydra").is_dir():
+    if RunDir(path).hydra.is_dir():
         return [path]
     runs = find_run_dirs(path)
     if not runs:
@@ -58,15 +58,16 @@ def _json(path: Path) -> dict:
 def selected_checkpoint(run_dir: Path) -> tuple[Path, int | None, str | None]:
     """(checkpoint, its global step or None, note or None): the best-*.ckpt written at the step where the
     objective was best (status.json ``best_step``, else eval/summary.json), else last.ckpt with a note."""
-    ckpt_dir = run_dir / "checkpoints"
+    run = RunDir(run_dir)
+    ckpt_dir = run.checkpoints
     best = {int(m.group(2)): p for p in ckpt_dir.glob("best-*.ckpt") if (m := _BEST.match(p.name))}
-    summary = _json(run_dir / "eval" / "summary.json")
-    step = _json(run_dir / "status.json").get("best_step")
+    summary = _json(run.eval_summary)
+    step = _json(run.status).get("best_step")
     if step is None:
         step = ((summary.get("best") or {}).get(summary.get("objective_key") or "") or {}).get("step")
     if step is not None and int(step) in best:
         return best[int(step)], int(step), None
-    last = ckpt_dir / "last.ckpt"
+    last = run.last_checkpoint
     if not last.is_file():
         raise EvaluationInputError(f"{ckpt_dir}: no checkpoint (best-*.ckpt or last.ckpt) to evaluate")
     why = "no best-*.ckpt" if not best else f"no best-*.ckpt at the objective's best step {step}"
@@ -75,7 +76,7 @@ def selected_checkpoint(run_dir: Path) -> tuple[Path, int | None, str | None]:
 
 def read_test_split(run_dir: Path) -> list[str]:
     """The run's test subjects from <run>/split.json; EvaluationInputError naming the file when there are < 2."""
-    path = run_dir / "split.json"
+    path = RunDir(run_dir).split
     if not path.is_file():
         raise EvaluationInputError(f"{path}: no such file: the run has no recorded train/val/test split")
     data = _json(path)
@@ -136,7 +137,7 @@ def prepare(run_dir: Path) -> dict:
     """Everything checked before anything is computed or written: config, test split, checkpoint."""
     cfg = read_config(run_dir)
     if not cfg.get("data") or not cfg.get("model"):
-        raise EvaluationInputError(f"{run_dir / '.hydra' / 'config.yaml'}: no composed training config (data, model)")
+        raise EvaluationInputError(f"{RunDir(run_dir).config}: no composed training config (data, model)")
     subjects = read_test_split(run_dir)
     ckpt, step, note = selected_checkpoint(run_dir)
     ev, ev_note = eval_settings(cfg)
@@ -155,11 +156,12 @@ def evaluate_run(
     """Score the run's selected checkpoint on its test split; writes and returns <run>/eval/final.json's content."""
     from omegaconf import OmegaConf
 
+    from neuromf.data.datamodule import datamodule_for_run
     from neuromf.data.io import DataError
     from neuromf.evaluation.callback import EvaluationCallback
-    from neuromf.sample import CheckpointError, load_network
-    from neuromf.train import build_datamodule
+    from neuromf.tracking.checkpoint_network import CheckpointError, load_network
 
+    run = RunDir(run_dir)
     p = prepared or prepare(run_dir)
     cfg, ev = p["cfg"], dict(p["eval"])
     ev["num_samples"] = int(num_samples or SAMPLE_FACTOR * int(ev.get("num_samples", 16)))
@@ -173,14 +175,14 @@ def evaluate_run(
     except CheckpointError as err:
         raise EvaluationInputError(str(err)) from err
     try:
-        dm = build_datamodule(OmegaConf.create(cfg), run_dir)  # run_dir: the split is read from its split.json
+        dm = datamodule_for_run(OmegaConf.create(cfg), run_dir)  # run_dir: the split is read from its split.json
         dm.prepare_data()
         dm.setup("test")
     except DataError as err:  # e.g. test subjects of split.json missing from the latent store
-        raise EvaluationInputError(f"{run_dir / 'split.json'}: {err}") from err
+        raise EvaluationInputError(f"{run.split}: {err}") from err
     if list(dm.splits["test"]) != p["subjects"]:
-        raise EvaluationInputError(f"{run_dir / 'split.json'}: the datamodule's test split differs from the file")
-    callback = EvaluationCallback(output_dir=str(run_dir / "eval"), **ev)
+        raise EvaluationInputError(f"{run.split}: the datamodule's test split differs from the file")
+    callback = EvaluationCallback(output_dir=str(run.eval), **ev)
     module = CheckpointSampler(net, torch.device(device))
     trainer = SimpleNamespace(datamodule=HeldOutTestData(dm), callbacks=[])
     callback.setup(trainer, module, "fit")  # builds the feature extractors (deepbet, FID) as in training
@@ -192,10 +194,10 @@ def evaluate_run(
     for k, v in callback.reference.items():  # ref/<metric>/<level>, against the test set
         _, metric, level = k.split("/")
         reference.setdefault(metric, {})[level] = v
-    status = _json(run_dir / "status.json")
+    status = _json(run.status)
     result = {
         "split": "test",
-        "split_file": str(run_dir / "split.json"),
+        "split_file": str(run.split),
         "num_test": len(p["subjects"]),
         "checkpoint": str(p["checkpoint"]),
         "checkpoint_step": p["step"],
@@ -215,7 +217,7 @@ def evaluate_run(
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": callback.config(),
     }
-    write_json_atomic(run_dir / FINAL_FILE, result)
+    write_json_atomic(run.eval_final, result)
     return result
 
 
@@ -239,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         single = len(runs) == 1 and runs[0] == args.path
         ready, failed = [], 0
         for run in runs:  # every check before anything is computed or written
-            if not single and _json(run / "status.json").get("status") not in ("completed", None):
-                print(f"skipped {run}: status {_json(run / 'status.json').get('status')}", file=sys.stderr)
+            status = _json(RunDir(run).status).get("status")
+            if not single and status not in ("completed", None):
+                print(f"skipped {run}: status {status}", file=sys.stderr)
                 continue
             try:
                 ready.append((run, prepare(run)))
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             base = (str(res["selection"]["objective_key"]).split("/") + [""])[1]  # val/<base>/nfeN
             shown = ", ".join(f"{k} {v:.4g}" for k, v in res["metrics"].items() if k.split("/")[1] == base)
             print(f"{run}: {res['num_samples']} samples x NFE {res['nfe_list']} on {res['num_test']} test subjects"
-                  f"{': ' + shown if shown else ''} -> {run / FINAL_FILE}")  # fmt: skip
+                  f"{': ' + shown if shown else ''} -> {RunDir(run).eval_final}")  # fmt: skip
             if res["note"]:
                 print(f"note: {run}: {res['note']}", file=sys.stderr)
     except EvaluationInputError as err:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,21 @@ def temp_path_for(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path` (its folder created) to write; on leaving the block without an error it
-    replaces `path`. The temp file is removed in every case."""
+    replaces `path`. The temp file is removed in every case (a failure to remove it does not hide the error).
+
+    `tmp`: the temp file to use instead of `temp_path_for(path)`, for a writer whose errors name it (the
+    checkpoints' `<name>.tmp`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
+    tmp = Path(tmp) if tmp is not None else temp_path_for(path)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, newline: str | None = None) -> Path:

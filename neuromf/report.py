@@ -34,11 +34,11 @@ from scipy import stats
 from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, metric_direction
 from neuromf.meanflow.registry import all_terms, objective_class
 from neuromf.report_intervals import interval_blocks
+from neuromf.run_dir import RunDir
 from neuromf.tracking.keys import metric_base
 from neuromf.tracking.metrics import REPLICATE_KEYS, RunRecord, device_count, load_sweep
 from neuromf.tracking.redact import MASK, redact_text
 from neuromf.tracking.run import flat_config, git_state
-from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 # Loss terms compared per term (never train/loss_raw: it is the sum of an arm's terms), every objective's
@@ -323,13 +323,10 @@ def arm_table(runs: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ final evaluation
-FINAL_FILE = Path("eval") / "final.json"  # written by python -m neuromf.evaluate
-
-
 def read_final(record: RunRecord) -> dict | None:
     """The run's final test-split evaluation (<run>/eval/final.json), None without one (or unreadable: skipped
     with one line naming it)."""
-    path = record.path / FINAL_FILE
+    path = RunDir(record.path).eval_final  # written by python -m neuromf.evaluate
     if not path.is_file():
         return None
     try:

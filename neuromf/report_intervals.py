@@ -14,6 +14,7 @@ import math
 import pandas as pd
 
 from neuromf.evaluation.registry import interval_keys, metric_direction
+from neuromf.run_dir import RunDir
 from neuromf.tracking.metrics import RunRecord
 
 __all__ = ["interval_blocks", "knn_reference", "run_interval"]
@@ -39,7 +40,7 @@ def run_interval(record: RunRecord, key: str, mode: str | None = None) -> dict[s
 
 
 def _eval_summary(record: RunRecord) -> dict:
-    path = record.path / "eval" / "summary.json"
+    path = RunDir(record.path).eval_summary
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -24,19 +24,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuromf.config_schema import check_config
-from neuromf.data.datamodule import datamodule_from_config
+from neuromf.data.datamodule import datamodule_for_run
 from neuromf.data.encoders import EncoderError
 from neuromf.data.io import DataError
 from neuromf.instantiate import build
 from neuromf.io_atomic import write_json_atomic
 from neuromf.meanflow import check_jvp_strategy
 from neuromf.models.maisi_init import init_from_maisi
+from neuromf.run_dir import RunDir
 from neuromf.sweep.pruning import OptunaReporter, Pruned
 from neuromf.tracking.lock import RunLock, RunLockedError, is_rank_zero_process
 from neuromf.tracking.metrics import read_config
 from neuromf.tracking.redact import install_log_redaction, redact_text
 from neuromf.tracking.run import clean_config, provenance, save_hydra_record, update_status
-from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.wandb_setup import ObjectiveSummary, override_tags
 from neuromf.training.budget import resolve_budget
 from neuromf.training.callbacks import DivergenceMonitor, ObjectiveTracker
@@ -58,21 +58,6 @@ from neuromf.training.resume_guard import RunRecordInCheckpoint, config_changes,
 log = logging.getLogger("neuromf.train")
 install_log_redaction()  # every log line of a run or a sweep's launcher: URL passwords and secrets masked
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def build_datamodule(cfg: DictConfig, run_dir: Path):
-    """The run's datamodule. Started from MAISI weights (init.maisi_checkpoint, resumed runs too), latents are fed
-    at the scale that network was trained on, z x scale_factor (the checkpoint's, else the store's), not z-scored."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    checkpoint = (cfg.get("init") or {}).get("maisi_checkpoint")
-    if checkpoint:
-        from neuromf.models.maisi_init import read_maisi_checkpoint
-
-        scale = read_maisi_checkpoint(checkpoint)[1].get("scale_factor")
-        data.update(normalize=False, scale_factor=float(scale) if scale is not None else None)
-        log.info("init.maisi_checkpoint: latents fed as z x %s (not z-scored), as MAISI was trained",
-                 scale if scale is not None else "the store's scale_factor")  # fmt: skip
-    return datamodule_from_config(data, run_dir=str(run_dir), expected_channels=cfg.model.in_channels)
 
 
 def build_module(cfg: DictConfig) -> MeanFlowModule:
@@ -300,7 +285,7 @@ def compose_run(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     pl.seed_everything(cfg.seed, workers=True)
     try:
         check_jvp_strategy(cfg.model.prediction_type, cfg.loss.jvp)
-        datamodule = build_datamodule(cfg, run_dir)
+        datamodule = datamodule_for_run(cfg, run_dir)
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = build_module(cfg)

@@ -15,6 +15,7 @@ from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import Diff
 from training_helpers import TINY, tiny_cfg
 
 import neuromf.train as train_app
+from neuromf.data.datamodule import datamodule_for_run
 from neuromf.models import MeanFlowUNet
 from neuromf.models.maisi_init import MaisiInitError, init_from_maisi
 from neuromf.tracking.run import read_status
@@ -107,13 +108,13 @@ def test_latents_are_fed_at_the_checkpoints_scale_when_starting_from_maisi(maisi
 
     path, _ = maisi_ckpt
     cfg = tiny_cfg(f"init.maisi_checkpoint={path}")
-    dm = train_app.build_datamodule(cfg, tmp_path / "run")
+    dm = datamodule_for_run(cfg, tmp_path / "run")
     dm.setup("fit")
     assert dm.normalize is False and dm.scale_factor == pytest.approx(1.05)
     subject = dm.splits["val"][0]
     raw = LatentStore(demo_latents).load(subject)[0]
     torch.testing.assert_close(dm.val_latents()[0], raw * 1.05, rtol=1e-5, atol=1e-5)
-    plain = train_app.build_datamodule(tiny_cfg(), tmp_path / "plain")
+    plain = datamodule_for_run(tiny_cfg(), tmp_path / "plain")
     assert plain.normalize is True  # without MAISI weights: z-scored, as before
 
 

@@ -132,12 +132,12 @@ def test_end_to_end_the_selected_checkpoint_on_the_test_split(trained_sweep, cap
     ones; the report shows it in the final table beside the selection."""
     from omegaconf import OmegaConf
 
+    from neuromf.data.datamodule import datamodule_for_run
     from neuromf.evaluation import sliced_wasserstein
     from neuromf.meanflow import sample
     from neuromf.report import build_report
-    from neuromf.sample import load_network
+    from neuromf.tracking.checkpoint_network import load_network
     from neuromf.tracking.metrics import read_config
-    from neuromf.train import build_datamodule
 
     run = trained_sweep / "0"
     assert main([str(trained_sweep)]) == 0  # the failed run is skipped with a line
@@ -152,7 +152,7 @@ def test_end_to_end_the_selected_checkpoint_on_the_test_split(trained_sweep, cap
     assert set(final["reference"]["swd"]) == {"real", "collapsed", "noise"}
 
     net, _ = load_network(final["checkpoint"], use_ema=True)
-    dm = build_datamodule(OmegaConf.create(read_config(run)), run)  # as trained: the run's split.json
+    dm = datamodule_for_run(OmegaConf.create(read_config(run)), run)  # as trained: the run's split.json
     dm.setup()
     noise = torch.randn(16, *dm.latent_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -170,7 +170,8 @@ def test_a_real_local_multirun_gives_each_job_its_own_slot(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     args = [f"hydra.searchpath=[file://{CONF}]", "hydra/launcher=local", "hydra.launcher.max_parallel=2",
             f"hydra.sweep.dir={sweep}", "work.rendezvous=2", "work.rendezvous_s=60", "x=1,2"]  # fmt: skip
-    proc = subprocess.run([sys.executable, str(app), "-m", *args], capture_output=True, text=True, env=env, timeout=1800)
+    cmd = [sys.executable, str(app), "-m", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = [json.loads((sweep / str(i) / "result.json").read_text())["starts"][0] for i in (0, 1)]
     print("what each job saw:", [{k: s[k] for k in ("CUDA_VISIBLE_DEVICES", "NEUROMF_LOCAL_SLOT")} for s in seen])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuromf.run_dir import RunDir
 from neuromf.tracking.metrics import device_count, is_arm_key, split_arm
-from neuromf.tracking.run_dir import RunDir
 from neuromf.tracking.wandb_setup import override_tags
 
 
@@ -18,6 +18,8 @@ def test_run_dir_names_each_file():
     assert run.last_checkpoint == Path("/r/3/checkpoints/last.ckpt") and run.lock == Path("/r/3/.lock")
     assert run.eval_summary == Path("/r/3/eval/summary.json") and run.samples == Path("/r/3/samples")
     assert run.wandb_id == Path("/r/3/wandb_id.txt")
+    assert (run.eval_final, run.split) == (Path("/r/3/eval/final.json"), Path("/r/3/split.json"))
+    assert run.hydra_settings == Path("/r/3/.hydra/hydra.yaml")
 
 
 def test_the_arm_of_a_run_leaves_out_seeds_launch_and_trial_keys():

@@ -98,12 +98,13 @@ def _cfg(*extra):
 def test_arms_of_one_budget_get_the_steps_their_cost_pays_for(demo_latents, tmp_path):
     """fm at budget.fm_steps=8 trains 8 steps; iMF, dearer per step, fewer: floor(8 FM steps / its step cost),
     rounded down to a multiple of budget.validations, validated at equal intervals ending at the last step."""
-    from neuromf.train import apply_budget, build_datamodule, build_module
+    from neuromf.data.datamodule import datamodule_for_run
+    from neuromf.train import apply_budget, build_module
 
     steps = {}
     for loss in ("fm", "imf"):
         cfg = _cfg(f"loss={loss}", "budget.fm_steps=8", "budget.validations=2")
-        dm = build_datamodule(cfg, tmp_path / loss)
+        dm = datamodule_for_run(cfg, tmp_path / loss)
         dm.prepare_data()
         dm.setup("fit")
         module = build_module(cfg)
@@ -176,10 +177,11 @@ def test_every_scheduled_objective_finishes_its_schedule_within_its_budget(loss,
     """sweep=objectives gives each arm the steps its cost pays for; the scheduled objectives' configs are in
     fractions of the run, so each one's last phase (alpha = 0, the full MeanFlow / iMF objective) starts inside
     the steps it gets."""
-    from neuromf.train import apply_budget, build_datamodule, build_module
+    from neuromf.data.datamodule import datamodule_for_run
+    from neuromf.train import apply_budget, build_module
 
     cfg = _cfg(f"loss={loss}", "budget.fm_steps=12", "budget.validations=1")
-    dm = build_datamodule(cfg, tmp_path / loss)
+    dm = datamodule_for_run(cfg, tmp_path / loss)
     dm.prepare_data()
     dm.setup("fit")
     module = build_module(cfg)

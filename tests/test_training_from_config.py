@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from training_helpers import tiny_cfg
 
+from neuromf.run_dir import RunDir
 from neuromf.tracking.csv_logger import RunCSVLogger
-from neuromf.tracking.run_dir import RunDir
 from neuromf.train import build_callbacks
 from neuromf.training.from_config import RunContext, build_nodes
 

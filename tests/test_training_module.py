@@ -119,7 +119,7 @@ class _Recorder(pl.Callback):
 def test_ema_moves_toward_the_weights_at_the_configured_rate(tmp_path):
     cfg = tiny_cfg("trainer.max_steps=3", "data.batch_size=2")
     module = build_module(cfg)
-    from neuromf.train import build_datamodule
+    from neuromf.data.datamodule import datamodule_for_run
 
     recorder, ema = _Recorder(), EMA(decay=0.5, warmup=False)  # constant decay (warm-up: test_training_callbacks)
     trainer = pl.Trainer(
@@ -133,7 +133,7 @@ def test_ema_moves_toward_the_weights_at_the_configured_rate(tmp_path):
         limit_val_batches=0,
         inference_mode=False,
     )
-    trainer.fit(module, datamodule=build_datamodule(cfg, tmp_path))
+    trainer.fit(module, datamodule=datamodule_for_run(cfg, tmp_path))
     w = recorder.weights
     expected = w[0]  # AveragedModel copies the weights at its first update
     for wk in w[1:]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from training_helpers import tiny_cfg
 
-from neuromf.sample import CheckpointError, load_network
 from neuromf.sample import main as sample_main
+from neuromf.tracking.checkpoint_network import CheckpointError, load_network
 from neuromf.tracking.run import read_status
 from neuromf.train import train
 

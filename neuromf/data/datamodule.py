@@ -20,6 +20,7 @@ from neuromf.data.io import DataError
 from neuromf.data.split import SPLIT_NAMES, load_split, resolve_ratios, save_split, stratified_split
 from neuromf.data.store import LatentStore, parse_shape
 from neuromf.instantiate import build
+from neuromf.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 MAX_BAD_FILES_LISTED = 10
@@ -309,7 +310,7 @@ class LatentDataModule(pl.LightningDataModule):
         self.latent_shape = shape
 
     def _make_split(self) -> dict[str, list[str]]:
-        path = self.run_dir / "split.json" if self.run_dir else None
+        path = RunDir(self.run_dir).split if self.run_dir else None
         if path is not None and path.is_file():
             split = load_split(path, self.store.subjects)
             unused = set(self.store.subjects) - {s for k in SPLIT_NAMES for s in split[k]}
@@ -431,3 +432,22 @@ def datamodule_from_config(data: dict, **kwargs) -> pl.LightningDataModule:
     """The datamodule of a `data` config (its `_target_` and keys; `mask_ratio` belongs to the objective, not the
     datamodule); `kwargs` are passed on (run_dir, expected_channels)."""
     return build({k: v for k, v in data.items() if k != "mask_ratio"}, **kwargs)
+
+
+def datamodule_for_run(cfg, run_dir: str | os.PathLike) -> pl.LightningDataModule:
+    """The datamodule of a run's composed config (`cfg`: a DictConfig with data, model and init), splitting as
+    recorded in <run_dir>/split.json (written there on the first setup). Started from MAISI weights
+    (init.maisi_checkpoint, resumed runs too), latents are fed at the scale that network was trained on,
+    z x scale_factor (the checkpoint's, else the store's), not z-scored."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    checkpoint = (cfg.get("init") or {}).get("maisi_checkpoint")
+    if checkpoint:
+        from neuromf.models.maisi_init import read_maisi_checkpoint
+
+        scale = read_maisi_checkpoint(checkpoint)[1].get("scale_factor")
+        data.update(normalize=False, scale_factor=float(scale) if scale is not None else None)
+        log.info("init.maisi_checkpoint: latents fed as z x %s (not z-scored), as MAISI was trained",
+                 scale if scale is not None else "the store's scale_factor")  # fmt: skip
+    return datamodule_from_config(data, run_dir=str(run_dir), expected_channels=cfg.model.in_channels)

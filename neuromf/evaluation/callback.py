@@ -49,6 +49,7 @@ from neuromf.evaluation.ranking import collapsed_set
 from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, LEGACY_ALIASES, interval_keys, metric_direction
 from neuromf.evaluation.suite import FEAT3D_METRICS, MetricSuite, RealReference
 from neuromf.io_atomic import write_json_atomic
+from neuromf.run_dir import RunDir
 
 __all__ = ["EvaluationCallback"]
 
@@ -514,7 +515,8 @@ class EvaluationCallback(pl.Callback):
                 self.best[name] |= {b: metrics[k] for b, k in interval_keys(name).items() if k in metrics}
 
     def _write_summary(self, trainer: pl.Trainer, finished: bool) -> None:
-        out = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "eval"
+        default = RunDir(trainer.default_root_dir).eval_summary  # <run>/eval/summary.json
+        path = Path(self.output_dir) / default.name if self.output_dir else default
         reference: dict[str, dict[str, float]] = {}
         for k, v in self.reference.items():  # ref/<metric>/<real|collapsed|noise>
             _, metric, level = k.split("/")
@@ -532,4 +534,4 @@ class EvaluationCallback(pl.Callback):
             "history": self.history,
             "config": self.config(),
         }
-        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(path, summary)

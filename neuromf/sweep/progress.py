@@ -15,8 +15,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from neuromf.run_dir import RunDir
 from neuromf.tracking.redact import redact_text
-from neuromf.tracking.run_dir import RunDir
 
 
 def _fmt_time(seconds) -> str:

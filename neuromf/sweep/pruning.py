@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from neuromf.run_dir import RunDir
 from neuromf.tracking.lock import holder_fields, pid_alive
-from neuromf.tracking.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 PRUNER_ATTR = "neuromf_pruner"  # study user attr: the sweeper's pruner config, instantiated again by each job

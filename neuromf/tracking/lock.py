@@ -22,7 +22,7 @@ import os
 import socket
 import time
 
-from neuromf.tracking.run_dir import RunDir
+from neuromf.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 ENV = "NEUROMF_RUN_LOCK"  # "off": no flock (a filesystem without flock support)

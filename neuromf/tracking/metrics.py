@@ -20,8 +20,8 @@ import pandas as pd
 import yaml
 
 from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
+from neuromf.run_dir import RunDir
 from neuromf.tracking.redact import redact
-from neuromf.tracking.run_dir import RunDir
 
 REPLICATE_KEYS = ("seed",)  # keys that vary between the seeds of one arm by design (also any `<node>.seed`)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from neuromf.io_atomic import write_json_atomic, write_text_atomic
+from neuromf.run_dir import RunDir
 from neuromf.tracking.redact import is_secret_key, redact, redact_text
-from neuromf.tracking.run_dir import RunDir
 
 
 def write_redacted_json(path: Path, payload: dict) -> None:
@@ -60,12 +60,13 @@ def save_hydra_record(run_dir: Path, task_cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    out = RunDir(run_dir).hydra
-    write_text_atomic(out / "config.yaml", redact_text(OmegaConf.to_yaml(task_cfg)))  # no password reaches a file
+    run = RunDir(run_dir)
+    write_text_atomic(run.config, redact_text(OmegaConf.to_yaml(task_cfg)))  # no password reaches a file
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
-        write_text_atomic(out / "hydra.yaml", redact_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg}))))
-        write_text_atomic(out / "overrides.yaml", redact_text(OmegaConf.to_yaml(hydra_cfg.overrides.task)))
+        hydra_yaml = OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg}))
+        write_text_atomic(run.hydra_settings, redact_text(hydra_yaml))
+        write_text_atomic(run.overrides, redact_text(OmegaConf.to_yaml(hydra_cfg.overrides.task)))
 
 
 def stable_run_id(run_dir: Path) -> str:
@@ -74,8 +75,7 @@ def stable_run_id(run_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id)
+    write_text_atomic(path, run_id)  # a crash never leaves an empty id that a requeue would resume with
     return run_id
 
 

@@ -13,9 +13,10 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
+from neuromf.io_atomic import atomic_path
 from neuromf.meanflow import noise_like
 from neuromf.meanflow.jvp import rms_norm, time_derivative_parts
-from neuromf.tracking.run_dir import RunDir
+from neuromf.run_dir import RunDir
 
 
 class DivergenceMonitor(pl.Callback):
@@ -152,8 +153,8 @@ class SampleCollector(pl.Callback):
             z = pl_module.generate(noise, nfe=nfe, use_ema=self.use_ema).float().cpu()
             self.last[nfe] = z
             nfe_dir = out_dir / f"nfe_{nfe}"
-            nfe_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(z, nfe_dir / "latents.pt")
+            with atomic_path(nfe_dir / "latents.pt") as tmp:  # creates nfe_dir
+                torch.save(z, tmp)
             if self.save_nifti:
                 paths = [dm.save_sample(z[i], nfe_dir / f"sample_{i:02d}") for i in range(len(z))]
                 images[nfe] = [str(p[-1]) for p in paths]

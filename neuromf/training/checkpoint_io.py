@@ -1,10 +1,11 @@
 """Checkpoints that are safe to resume from.
 
 Writing (`AtomicCheckpointIO`): a checkpoint is written to `<path>.tmp` and renamed into place (os.replace is
-atomic), so a crash mid-write never leaves a truncated last.ckpt. A checkpoint whose weights (trained, EMA) or
-optimizer state hold NaN/Inf is not written at all: a diverging run keeps its last finite last.ckpt. The previous
-last.ckpt is kept as last.prev.ckpt (a hard link, no copy), the fallback when last.ckpt is unreadable. A write that
-fails (permissions, disk full) raises `CheckpointWriteError` naming the file and the OS error.
+atomic: neuromf/io_atomic.py), so a crash mid-write never leaves a truncated last.ckpt. A checkpoint whose weights
+(trained, EMA) or optimizer state hold NaN/Inf is not written at all: a diverging run keeps its last finite
+last.ckpt. The previous last.ckpt is kept as last.prev.ckpt (a hard link, no copy), the fallback when last.ckpt is
+unreadable. A write that fails (permissions, disk full) raises `CheckpointWriteError` naming the file and the OS
+error.
 
 Reading (`validate_checkpoint`, `find_resume_checkpoint`): a checkpoint is loaded as data only
 (neuromf/tracking/safe_load.py: tensors, no code) and checked (a Lightning checkpoint with finite weights) before a
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from neuromf.io_atomic import atomic_path
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,11 @@ def _save_local(checkpoint: dict, path: Path) -> None:
         os.fsync(raw.fileno())
 
 
+def _tmp_for(path: Path) -> Path:
+    """`<name>.tmp` beside `path`: the temp file a checkpoint is written to (named in a failed write's error)."""
+    return path.with_name(path.name + ".tmp")
+
+
 def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
     reason = err.strerror or str(err)
     return CheckpointWriteError(
@@ -131,28 +138,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 kept,
             )
             return
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = _tmp_for(path)  # the file a failed write names
         try:
-            _save_local(checkpoint, tmp)
-            if self.keep_previous_last and path.name == "last.ckpt" and path.is_file():
-                prev_tmp = path.with_name("last.prev.ckpt.tmp")
-                prev_tmp.unlink(missing_ok=True)
-                os.link(path, prev_tmp)
-                os.replace(prev_tmp, path.with_name("last.prev.ckpt"))
-            os.replace(tmp, path)
+            with atomic_path(path, tmp=tmp):  # temp files removed on any error
+                _save_local(checkpoint, tmp)
+                if self.keep_previous_last and path.name == "last.ckpt" and path.is_file():
+                    prev = path.with_name("last.prev.ckpt")
+                    with atomic_path(prev, tmp=_tmp_for(prev)) as prev_tmp:
+                        prev_tmp.unlink(missing_ok=True)  # left by a killed process: os.link would fail
+                        os.link(path, prev_tmp)
         except OSError as err:
-            for leftover in (tmp, path.with_name("last.prev.ckpt.tmp")):
-                try:
-                    leftover.unlink(missing_ok=True)
-                except OSError:
-                    pass
             failed = Path(err.filename) if getattr(err, "filename", None) else path
             raise _write_error(failed, err) from err
         except RuntimeError as err:  # torch.save reports a failed write of its zip file as a RuntimeError
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise CheckpointWriteError(None, f"cannot write checkpoint {tmp}: {err}") from err
         self.written[str(path)] = step
 

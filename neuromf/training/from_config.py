@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from neuromf.instantiate import build
-from neuromf.tracking.run_dir import RunDir
+from neuromf.run_dir import RunDir
 
 
 @dataclass

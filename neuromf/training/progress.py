@@ -11,8 +11,8 @@ import time
 
 import pytorch_lightning as pl
 
+from neuromf.run_dir import RunDir
 from neuromf.tracking.run import write_redacted_json
-from neuromf.tracking.run_dir import RunDir
 
 
 class ProgressFile(pl.Callback):

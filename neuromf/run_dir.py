@@ -1,5 +1,6 @@
-"""The files of a run dir, named in one place: `neuromf.train` writes them; the sweep summary and progress, the
-report, the dashboards and the lock read them.
+"""The files of a run dir, named in one place: `neuromf.train` and `neuromf.evaluate` write them; the sweep
+summary and progress, the report, the dashboards and the lock read them. It imports nothing from neuromf, so every
+layer may use it (the evaluation callback and the datamodule included).
 
     <run_dir>/status.json       status, reason, objective, steps (neuromf/tracking/run.py)
     <run_dir>/progress.json     step, loss, time left while training (neuromf/training/progress.py)
@@ -7,7 +8,10 @@ report, the dashboards and the lock read them.
     <run_dir>/.hydra/           config.yaml, hydra.yaml, overrides.yaml (what the run was trained with)
     <run_dir>/checkpoints/      last.ckpt (+ last.prev.ckpt), best-*.ckpt
     <run_dir>/samples/          epoch_NNNN/ sample latents and previews (SampleCollector)
-    <run_dir>/eval/             summary.json of the evaluation (EvaluationCallback)
+    <run_dir>/eval/             summary.json of the validation passes (EvaluationCallback), final.json of the
+                                test-split evaluation (python -m neuromf.evaluate)
+    <run_dir>/split.json        the train/val/test subjects (neuromf/data/datamodule.py)
+    <run_dir>/budget.json       the equal-compute budget and schedule (neuromf/training/budget.py)
     <run_dir>/wandb_id.txt      the W&B run id, kept over requeues
     <run_dir>/.lock             one writer per run dir (neuromf/tracking/lock.py)
 """
@@ -53,6 +57,11 @@ class RunDir:
         return self.hydra / "overrides.yaml"
 
     @property
+    def hydra_settings(self) -> Path:
+        """Hydra's own node (runtime choices, launcher, sweeper) as the run was launched with."""
+        return self.hydra / "hydra.yaml"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -71,6 +80,14 @@ class RunDir:
     @property
     def eval_summary(self) -> Path:
         return self.eval / "summary.json"
+
+    @property
+    def eval_final(self) -> Path:
+        return self.eval / "final.json"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.json"
 
     @property
     def wandb_id(self) -> Path:
