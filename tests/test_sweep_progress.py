@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 from training_helpers import tiny_cfg
 
-from neuromf.sweep.progress import SweepProgress, progress_lines
+from neuromf.sweep.progress import SweepProgress, progress_lines, swept_keys
 from neuromf.train import train
 
 
@@ -30,6 +30,22 @@ def test_lines_name_the_arm_its_step_loss_and_time_left(tmp_path):
     lines = progress_lines(tmp_path)
     assert lines["0"] == "[arm 0: v_head=res0] training step 40/120  loss_u 0.5  2m05s left"
     assert lines["1"] == "[arm 1: v_head=off] finished step 120/120  loss_u 0.25  done"
+
+
+def test_lines_name_every_swept_key_while_one_arms_seeds_run_first(tmp_path):
+    """sweep=v_head x seeds: the first two jobs to start are one arm's seeds 0 and 1. Labelled by what the started
+    jobs do not share they would read `seed=0` / `seed=1` (the arm left out); by the swept keys they name it."""
+    run = dict(state="training", step=1, total_steps=9, loss_u=1.0, eta_s=12)
+    _arm(tmp_path, "0", ["v_head=off", "seed=0", "sweep=v_head", "data=latents"], **run)
+    _arm(tmp_path, "1", ["v_head=off", "seed=1", "sweep=v_head", "data=latents"], **run)
+    task = ["sweep=v_head", "data=latents", "optim.lr=1e-3,2e-3"]
+    sweeper = {"params": {"v_head": "off,res0", "seed": "0,1"}}
+    config = OmegaConf.create({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}})
+    swept = swept_keys(config)
+    assert swept == {"v_head", "seed", "optim.lr"}
+    lines = progress_lines(tmp_path, swept=swept)
+    assert lines["0"].startswith("[arm 0: v_head=off seed=0] ") and lines["1"].startswith("[arm 1: v_head=off seed=1] ")
+    assert progress_lines(tmp_path)["0"].startswith("[arm 0: seed=0] ")  # without the swept keys: the arm is lost
 
 
 def test_the_launcher_thread_prints_changes_while_arms_run(tmp_path):

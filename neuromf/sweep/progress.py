@@ -13,9 +13,10 @@ import threading
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from neuromf.run_dir import RunDir
+from neuromf.tracking.metrics import parse_override
 from neuromf.tracking.redact import redact_text
 
 
@@ -26,10 +27,28 @@ def _fmt_time(seconds) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def progress_lines(sweep_dir: Path, arms: dict[str, str] | None = None) -> dict[str, str]:
-    """job name -> one progress line, for every run dir of `sweep_dir` that has a progress.json."""
+def swept_keys(config: DictConfig) -> set[str]:
+    """The keys a multirun varies: its sweeper's params and the command line's sweep overrides (a,b / choice())."""
+    keys = set((OmegaConf.select(config, "hydra.sweeper.params") or {}).keys())
+    for ov in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key, value = parse_override(str(ov))
+        if "," in value or "(" in value:
+            keys.add(key)
+    return keys
+
+
+def progress_lines(
+    sweep_dir: Path, arms: dict[str, str] | None = None, swept: set[str] | None = None
+) -> dict[str, str]:
+    """job name -> one progress line, for every run dir of `sweep_dir` that has a progress.json. Each job is
+    labelled by its values of the `swept` keys (all its arm keys and seed), or, where they are not known, by the
+    overrides it does not share with the other jobs that have started."""
     lines = {}
     paths = sorted(Path(sweep_dir).glob("*/progress.json"), key=lambda p: p.parent.name)
+    if arms is None and swept:
+        arms = {
+            p.parent.name: " ".join(o for o in _overrides(p.parent) if parse_override(o)[0] in swept) for p in paths
+        }
     if arms is None:  # label each arm by the overrides it does not share with every other arm
         overrides = {p.parent.name: _overrides(p.parent) for p in paths}
         shared = set.intersection(*map(set, overrides.values())) if len(overrides) > 1 else set()
@@ -69,17 +88,18 @@ class SweepProgress(Callback):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._shown: dict[str, str] = {}
+        self._swept: set[str] = set()
 
     def __getstate__(self) -> dict:
         # submitit pickles Hydra's callbacks with each job: the thread and its event stay in the launcher
-        return {"every_s": self.every_s, "stream": None, "_shown": {}}
+        return {"every_s": self.every_s, "stream": None, "_shown": {}, "_swept": set()}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _stop=threading.Event(), _thread=None)
 
     def _poll(self, sweep_dir: Path) -> None:
         out = self.stream or sys.stdout
-        for job, line in progress_lines(sweep_dir).items():
+        for job, line in progress_lines(sweep_dir, swept=self._swept).items():
             if self._shown.get(job) != line:
                 print(line, file=out, flush=True)
                 self._shown[job] = line
@@ -92,6 +112,7 @@ class SweepProgress(Callback):
         if self.every_s <= 0:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
+        self._swept = swept_keys(config)  # labels name every swept key, even while only one arm's jobs run
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, args=(sweep_dir,), daemon=True, name="sweep-progress")
         self._thread.start()
