@@ -95,20 +95,25 @@ def _cfg(*extra):
         return compose(config_name="train", overrides=[*TINY_TRAIN, *extra])
 
 
-def test_arms_of_one_budget_get_the_steps_their_cost_pays_for(demo_latents, tmp_path):
-    """fm at budget.fm_steps=8 trains 8 steps; iMF, dearer per step, fewer: floor(8 FM steps / its step cost),
-    rounded down to a multiple of budget.validations, validated at equal intervals ending at the last step."""
+def _budgeted(run_dir, *overrides):
+    """(cfg, module, budget record) of a run composed with `overrides`, its budget applied before fit."""
     from neuromf.data.datamodule import datamodule_for_run
     from neuromf.train import apply_budget, build_module
 
+    cfg = _cfg(*overrides)
+    dm = datamodule_for_run(cfg, run_dir)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = build_module(cfg)
+    return cfg, module, apply_budget(cfg, module, dm)
+
+
+def test_arms_of_one_budget_get_the_steps_their_cost_pays_for(demo_latents, tmp_path):
+    """fm at budget.fm_steps=8 trains 8 steps; iMF, dearer per step, fewer: floor(8 FM steps / its step cost),
+    rounded down to a multiple of budget.validations, validated at equal intervals ending at the last step."""
     steps = {}
     for loss in ("fm", "imf"):
-        cfg = _cfg(f"loss={loss}", "budget.fm_steps=8", "budget.validations=2")
-        dm = datamodule_for_run(cfg, tmp_path / loss)
-        dm.prepare_data()
-        dm.setup("fit")
-        module = build_module(cfg)
-        budget = apply_budget(cfg, module, dm)
+        cfg, _, budget = _budgeted(tmp_path / loss, f"loss={loss}", "budget.fm_steps=8", "budget.validations=2")
         ratio = budget["step_flops"]["all"] / budget["fm_step_flops"]
         assert budget["budget_steps"] == int(8 // ratio) and budget["steps"] == budget["budget_steps"] // 2 * 2
         assert cfg.trainer.max_steps == budget["steps"] and cfg.trainer.max_epochs == -1
@@ -177,15 +182,7 @@ def test_every_scheduled_objective_finishes_its_schedule_within_its_budget(loss,
     """sweep=objectives gives each arm the steps its cost pays for; the scheduled objectives' configs are in
     fractions of the run, so each one's last phase (alpha = 0, the full MeanFlow / iMF objective) starts inside
     the steps it gets."""
-    from neuromf.data.datamodule import datamodule_for_run
-    from neuromf.train import apply_budget, build_module
-
-    cfg = _cfg(f"loss={loss}", "budget.fm_steps=12", "budget.validations=1")
-    dm = datamodule_for_run(cfg, tmp_path / loss)
-    dm.prepare_data()
-    dm.setup("fit")
-    module = build_module(cfg)
-    budget = apply_budget(cfg, module, dm)
+    _, module, budget = _budgeted(tmp_path / loss, f"loss={loss}", "budget.fm_steps=12", "budget.validations=1")
     fitted = module.objective.for_run_length(budget["steps"])
     last = budget["steps"] - 1
     if loss == "alphaflow":
