@@ -41,7 +41,7 @@ from neuromf.meanflow.contract import JVP_PARTS
 from neuromf.meanflow.registry import all_diagnostics, all_terms
 from neuromf.run_dir import RunDir
 from neuromf.tracking.keys import STEP_KEY, all_expected, metric_base
-from neuromf.tracking.metrics import REPLICATE_KEYS
+from neuromf.tracking.metrics import is_replicate_key
 from neuromf.tracking.run import flat_config
 
 # Fallback arm keys when no sweep is given (Hydra config paths, logged as a nested W&B config).
@@ -150,7 +150,7 @@ def sweep_configs(sweep: str, overrides: tuple[str, ...] = ()) -> tuple[list[dic
     params = compose(base)["_sweep_params"]
     grid = {k: _choices(v) for k, v in params.items()}
     continuous = [k for k, v in grid.items() if v is None]
-    grid = {k: v for k, v in grid.items() if v is not None and k not in REPLICATE_KEYS}
+    grid = {k: v for k, v in grid.items() if v is not None and not is_replicate_key(k)}
     configs = [
         compose([*base, *(f"{k}={v}" for k, v in zip(grid, vals))]) for vals in itertools.product(*grid.values())
     ]
@@ -174,7 +174,7 @@ def varying_keys(configs: list[dict]) -> list[str]:
     return [
         k
         for k in keys
-        if k not in (*REPLICATE_KEYS, *DERIVED_KEYS)
+        if not is_replicate_key(k) and k not in DERIVED_KEYS
         and len({json.dumps(f.get(k), default=str, sort_keys=True) for f in flats}) > 1
     ]
 

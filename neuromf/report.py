@@ -36,7 +36,7 @@ from neuromf.meanflow.registry import all_terms, objective_class
 from neuromf.report_intervals import interval_blocks
 from neuromf.run_dir import RunDir
 from neuromf.tracking.keys import metric_base
-from neuromf.tracking.metrics import REPLICATE_KEYS, RunRecord, device_count, load_sweep
+from neuromf.tracking.metrics import RunRecord, device_count, is_replicate_key, load_sweep
 from neuromf.tracking.redact import MASK, redact_text
 from neuromf.tracking.run import flat_config, git_state
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
@@ -91,8 +91,9 @@ POOL_IGNORED = (
 
 
 def pool_ignored(key: str) -> bool:
-    """True for a config key that does not tell arms apart (POOL_IGNORED)."""
-    return any(fnmatch.fnmatchcase(key, pattern) for pattern in POOL_IGNORED)
+    """True for a config key that does not tell arms apart: a replicate key (seed and what derives from it, e.g.
+    data.seed: ${seed}, resolved) or one of POOL_IGNORED."""
+    return is_replicate_key(key) or any(fnmatch.fnmatchcase(key, pattern) for pattern in POOL_IGNORED)
 
 
 def arm_identity(record: RunRecord) -> str:
@@ -1148,7 +1149,7 @@ def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_re
     if len(diff):
         blocks.append(("table", diff, True))
         shown = sorted(k for k in labelled if len({r.arm.get(k) for r in records}) > 1)
-        keys = [k for k in diff.index if k not in REPLICATE_KEYS and not pool_ignored(k)]
+        keys = [k for k in diff.index if not pool_ignored(k)]
         if len(keys) > max(1, len(shown)):
             blocks.append(
                 (

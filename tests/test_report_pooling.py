@@ -117,3 +117,18 @@ def test_without_final_files_the_report_says_the_objective_is_the_selection(tmp_
     build_report([tmp_path / "s"])
     md = (tmp_path / "s" / "report" / "report.md").read_text()
     assert "No run has a final evaluation" in md and "python -m neuromf.evaluate" in md
+
+
+def test_the_seeds_of_one_arm_pool_whatever_their_config_derives_from_the_seed(tmp_path):
+    """A composed config holds keys derived from the seed (data.seed: ${seed}, the shuffling draws): resolved, they
+    differ between the seeds of one arm. A sweep of 2 arms x 2 seeds is 2 arms of n = 2 (it read as 4 arms of n = 1,
+    no statistics); the split seed, which is not the seed, still tells arms apart."""
+    runs = [(True, 0, 1.0), (True, 1, 1.2), (False, 0, 1.5), (False, 1, 1.6), (True, 0, 1.3)]
+    for job, (v_head, seed, value) in enumerate(runs):
+        cfg = config(v_head, seed, "a")
+        cfg["data"] |= {"seed": "${seed}", "split_seed": 1 if job == 4 else 0}  # written unresolved, as Hydra does
+        ov = [f"v_head={'res0' if v_head else 'off'}", f"seed={seed}", *(["data.split_seed=1"] if job == 4 else [])]
+        fake_run(tmp_path / "s" / str(job), ov, cfg, value)
+    arms = build_report([tmp_path / "s"], out=tmp_path / "report")["arms"]
+    assert sorted(arms["n"]) == [1, 2, 2] and len(arms) == 3
+    assert pool_ignored("data.seed") and pool_ignored("model.seed") and not pool_ignored("data.split_seed")
