@@ -87,7 +87,7 @@ def test_sigterm_to_a_sequential_sweep_stops_it_and_the_same_command_resumes_and
     rows = json.loads((sweep / "sweep_summary.json").read_text())["runs"]
     assert [(r["job"], r["status"]) for r in rows] == [("0", "stopped"), ("1", "not started")]
     assert rows[1]["overrides"].endswith("optim.lr=0.002")
-    assert "sweep summary: 0/2 arms completed, 1 stopped, 1 not started" in stdout + stderr  # Hydra's log
+    assert "sweep summary: 0/2 runs completed, 1 stopped, 1 not started" in stdout + stderr  # Hydra's log
 
     again = _popen(command)
     _, stderr = again.communicate(timeout=DEADLINE_S)

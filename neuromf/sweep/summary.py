@@ -119,7 +119,7 @@ class SweepSummary(Callback):
         not_started = sum(r["status"] == "not started" for r in rows)
         saved = sum(r["saved_gpu_h"] or 0 for r in pruned)
         unfinished = f", {stopped} stopped, {not_started} not started" if stopped or not_started else ""
-        log.info("sweep summary: %d/%d arms completed%s, %d pruned (~%.3g device-h saved) -> %s", done, len(rows),
+        log.info("sweep summary: %d/%d runs completed%s, %d pruned (~%.3g device-h saved) -> %s", done, len(rows),
                  unfinished, len(pruned), saved, sweep_dir / "sweep_summary.csv")  # fmt: skip
         if stopped or not_started:
             log.warning("re-run the same command with hydra.sweep.dir=%s to resume the stopped arms and run the ones "
