@@ -710,6 +710,34 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
 
 
 # -------------------------------------------------------------------------------------------- plots
+# Figures are saved FIG_WIDTH x DPI = 770 px wide and shown at that width (the page is wider), so FONT points are
+# FONT x DPI / 72 ~ 15 px on screen: as large as the body text (15 px).
+FIG_WIDTH, DPI, FONT = 7.0, 110, 10
+
+
+def short(label: str, width: int = 28) -> str:
+    """An arm label for a figure axis: at most ``width`` characters (the tables hold the full label)."""
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def figure_style():
+    """matplotlib rc for the report's figures: font sizes as large as the page's body text, saved at DPI."""
+    import matplotlib.pyplot as plt
+
+    return plt.rc_context(
+        {
+            "font.size": FONT,
+            "axes.titlesize": FONT + 1,
+            "axes.labelsize": FONT,
+            "xtick.labelsize": FONT - 1,
+            "ytick.labelsize": FONT - 1,
+            "legend.fontsize": FONT - 1,
+            "figure.titlesize": FONT + 1,
+            "savefig.dpi": DPI,
+        }
+    )
+
+
 def _curve_stats(records: list[RunRecord], key: str) -> pd.DataFrame:
     """Mean / std / count over runs of metric ``key`` per step (runs aligned on their logged steps)."""
     series = [r.series(key) for r in records]

@@ -18,9 +18,11 @@ from neuromf.report.sections import (
     runs,
     samples,
     untrained,
+    verdict,
 )
 
 SECTIONS = [
+    ("verdict", verdict),
     ("overview", overview),
     ("intervals", intervals),
     ("untrained", untrained),
