@@ -130,3 +130,17 @@ def test_ema_is_wandb_smoothing():
     s = ema(pd.Series([1.0, 0.0, 1.0]), 0.5)
     # debiased: 1; (0.25 + 0)/0.75 ... by hand: last = .5, .25, .625; / (1 - .5^t) = 1, 1/3, 5/7
     assert list(s) == pytest.approx([1.0, 1 / 3, 5 / 7])
+
+
+def test_quality_against_steps_and_the_one_step_gap(report):
+    res, _ = report
+    out = res["out"]
+    assert (out / "quality_vs_steps.png").is_file()
+    page, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert "Quality against sampling steps" in page and "quality_vs_steps.png" in md
+    # the 1-step gap: mean at 1 step over mean at 4 steps; a: 1.61 / 1.22, b: 1.78 / 1.33, c: 1.62667 / 1.12333
+    head = md[md.index("## Arms (ranked)") :].splitlines()[2]
+    assert "1-step gap (nfe1 / nfe4)" in head
+    for arm, gap in (("a", 1.61 / 1.22), ("b", 1.78 / 1.33), ("c", (4.88 / 3) / (3.37 / 3))):
+        row = next(ln for ln in md.splitlines() if ln.startswith("| ") and f"| {A(arm)} | done |" in ln)
+        assert f"| {gap:.4g} |" in row

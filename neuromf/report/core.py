@@ -720,6 +720,38 @@ def short(label: str, width: int = 28) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
+def draw_refs(ax, refs: dict | None, axis: str = "y") -> None:
+    """The reference levels on an axis zoomed on the data: a dotted line for a level inside the data's range (with a
+    margin), else its name and value written at the edge it lies beyond (the axis is not stretched to it)."""
+    import matplotlib.transforms as mtransforms
+
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    outside = {"low": [], "high": []}
+    for level, color in REFERENCE_COLORS.items():
+        v = (refs or {}).get(level)
+        if v is None or not math.isfinite(v):
+            continue
+        name = f"{REFERENCE_NAMES[level]} ({v:.3g})"
+        if lo <= v <= hi:
+            (ax.axhline if axis == "y" else ax.axvline)(v, color=color, ls=":", lw=1.2, label=name)
+        else:
+            outside["high" if v > hi else "low"].append((name, color))
+    for side, items in outside.items():
+        for i, (name, color) in enumerate(items):
+            arrow = ("↑" if axis == "y" else "→") if side == "high" else ("↓" if axis == "y" else "←")
+            if axis == "y":
+                tr = mtransforms.blended_transform_factory(ax.transAxes, ax.transAxes)
+                y = 0.98 - 0.07 * i if side == "high" else 0.02 + 0.07 * i
+                ax.text(0.99, y, f"{arrow} {name}", color=color, ha="right", va="top" if side == "high" else "bottom",
+                        transform=tr, fontsize=FONT - 1)  # fmt: skip
+            else:
+                x = 0.99 if side == "high" else 0.01
+                ax.text(x, 0.02 + 0.07 * i, f"{name} {arrow}" if side == "high" else f"{arrow} {name}", color=color,
+                        ha="right" if side == "high" else "left", va="bottom", transform=ax.transAxes,
+                        fontsize=FONT - 1)  # fmt: skip
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(lo, hi)
+
+
 def figure_style():
     """matplotlib rc for the report's figures: font sizes as large as the page's body text, saved at DPI."""
     import matplotlib.pyplot as plt

@@ -17,6 +17,7 @@ from neuromf.report.sections import (
     provenance,
     runs,
     samples,
+    steps,
     untrained,
     verdict,
 )
@@ -24,6 +25,7 @@ from neuromf.report.sections import (
 SECTIONS = [
     ("verdict", verdict),
     ("overview", overview),
+    ("steps", steps),
     ("intervals", intervals),
     ("untrained", untrained),
     ("final", final),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from neuromf.report.core import (
     CONFIDENCE,
     NO_STATS,
@@ -9,6 +11,7 @@ from neuromf.report.core import (
     REFERENCE_NAMES,
     arm_summary,
 )
+from neuromf.report.quality import one_step_gap, step_counts
 
 
 def blocks(ctx) -> list:
@@ -47,5 +50,11 @@ def blocks(ctx) -> list:
         blocks.append(
             ("p", f"⚠ partial sweep: {running} run(s) still running (marked); they are not in the statistics.")
         )
-    blocks += [("h2", "Arms (ranked)"), ("table", arm_summary(arms_df), False)]
+    table = arm_summary(arms_df)
+    gap = one_step_gap(ctx)
+    if gap:
+        counts = step_counts(ctx.runs, ctx.metric)
+        col = f"1-step gap (nfe{counts[0]} / nfe{counts[-1]})"
+        table.insert(table.columns.get_loc("objective") + 1, col, [gap.get(a, math.nan) for a in table["arm"]])
+    blocks += [("h2", "Arms (ranked)"), ("table", table, False)]
     return blocks
