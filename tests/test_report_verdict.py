@@ -144,3 +144,30 @@ def test_quality_against_steps_and_the_one_step_gap(report):
     for arm, gap in (("a", 1.61 / 1.22), ("b", 1.78 / 1.33), ("c", (4.88 / 3) / (3.37 / 3))):
         row = next(ln for ln in md.splitlines() if ln.startswith("| ") and f"| {A(arm)} | done |" in ln)
         assert f"| {gap:.4g} |" in row
+
+
+def test_quality_against_cost(report):
+    import pandas as pd
+
+    res, _ = report
+    out = res["out"]
+    assert (out / "quality_vs_cost.png").is_file()
+    pts = pd.read_csv(out / "cost_points.csv")
+    hours = pts.groupby("arm")["device-hours"].mean()
+    # W&B runtime x devices: a 1 h x 1, b 0.5 h x 1, c 2 h x 2
+    assert hours[A("a")] == pytest.approx(1.0) and hours[A("b")] == pytest.approx(0.5)
+    assert hours[A("c")] == pytest.approx(4.0)
+    md = (out / "report.md").read_text()
+    assert "## Quality against training cost" in md and "differs up to 8x" in md
+
+
+def test_cost_falls_back_to_counted_flops(tmp_path):
+    import shutil
+
+    sd = make_step_sweep(tmp_path / "sweep", {a: FD[a] for a in ("a", "b")})
+    for i, run in enumerate(sorted(p for p in sd.iterdir() if p.is_dir())):
+        shutil.rmtree(run / "wandb")
+        (run / ".hydra" / "config.yaml").unlink()  # no wall time known: no W&B runtime, no start
+        (run / "budget.json").write_text(json.dumps({"budget_flops": 1e15 * (1 + i // 3)}))
+    md = (build_report([sd], real=False, metric=OBJ, mode="min")["out"] / "report.md").read_text()
+    assert "against its training FLOPs" in md

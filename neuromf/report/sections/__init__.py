@@ -7,6 +7,7 @@ from __future__ import annotations
 from neuromf.report.sections import (
     config,
     cost,
+    cost_quality,
     figures,
     final,
     intervals,
@@ -26,6 +27,7 @@ SECTIONS = [
     ("verdict", verdict),
     ("overview", overview),
     ("steps", steps),
+    ("cost_quality", cost_quality),
     ("intervals", intervals),
     ("untrained", untrained),
     ("final", final),
