@@ -744,11 +744,13 @@ def draw_refs(ax, refs: dict | None, axis: str = "y") -> None:
                 y = 0.98 - 0.07 * i if side == "high" else 0.02 + 0.07 * i
                 ax.text(0.99, y, f"{arrow} {name}", color=color, ha="right", va="top" if side == "high" else "bottom",
                         transform=tr, fontsize=FONT - 1)  # fmt: skip
-            else:
-                x = 0.99 if side == "high" else 0.01
-                ax.text(x, 0.02 + 0.07 * i, f"{name} {arrow}" if side == "high" else f"{arrow} {name}", color=color,
+            else:  # above the plot area, at the side the level lies beyond
+                x = 1.0 if side == "high" else 0.0
+                text = ", ".join(n for n, _ in items)
+                ax.text(x, 1.02, f"{text} →" if side == "high" else f"← {text}", color=items[0][1],
                         ha="right" if side == "high" else "left", va="bottom", transform=ax.transAxes,
                         fontsize=FONT - 1)  # fmt: skip
+                break
     (ax.set_ylim if axis == "y" else ax.set_xlim)(lo, hi)
 
 
@@ -782,43 +784,62 @@ def _curve_stats(records: list[RunRecord], key: str) -> pd.DataFrame:
     ).sort_index()
 
 
+SMOOTHING = 0.6  # W&B's default exponential-moving-average weight for the training curves
+SMOOTH_MIN_POINTS = 10  # curves with fewer logged points (validation) are drawn as they are
+
+
 def plot_curves(records, arms, key, path: Path, refs: dict | None = None) -> bool:
-    """Mean curve per arm (±1 std band when n > 1) over used runs; excluded / running runs dashed grey;
-    the reference levels of the metric as horizontal lines. False if no data."""
+    """Mean curve per arm (±1 std band when n > 1) over used runs, smoothed as W&B does (exponential moving average
+    with weight SMOOTHING, the raw mean faint) when it has many points; excluded / running runs dashed grey; the
+    axis zoomed on the curves, the reference levels drawn where they fall inside it and named at the edge where
+    they do not. False if no data."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    drawn, max_n = False, 0
-    for arm in dict.fromkeys(arms):
-        members = [r for r, a in zip(records, arms, strict=True) if a == arm]
-        cs = _curve_stats([r for r in members if r.ok], key)
-        if len(cs):
-            n = int(cs["n"].max())
-            max_n = max(max_n, n)
-            (line,) = ax.plot(cs.index, cs["mean"], label=f"{arm} (n={n})")
-            if n > 1:
-                ax.fill_between(
-                    cs.index, cs["mean"] - cs["std"], cs["mean"] + cs["std"], color=line.get_color(), alpha=0.2
-                )
-            drawn = True
-        for r in members:
-            s = r.series(key)
-            if not r.ok and len(s):
-                ax.plot(s.index, s.values, ls="--", lw=0.8, color="grey", label=f"{arm} seed {r.seed} ({r.status})")
+    from neuromf.report.quality import ema
+
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(FIG_WIDTH, 3.6), constrained_layout=True)
+        drawn, max_n, smoothed = False, 0, False
+        for i, arm in enumerate(dict.fromkeys(arms)):
+            members = [r for r, a in zip(records, arms, strict=True) if a == arm]
+            cs = _curve_stats([r for r in members if r.ok], key)
+            color = f"C{i % 10}"
+            if len(cs):
+                n = int(cs["n"].max())
+                max_n = max(max_n, n)
+                mean = cs["mean"]
+                if len(cs) >= SMOOTH_MIN_POINTS:
+                    ax.plot(cs.index, mean, color=color, alpha=0.25, lw=0.8)
+                    mean, smoothed = ema(mean, SMOOTHING), True
+                ax.plot(cs.index, mean, color=color, label=f"{short(arm)} (n={n})")
+                if n > 1:
+                    std = ema(cs["std"], SMOOTHING) if smoothed else cs["std"]
+                    ax.fill_between(cs.index, mean - std, mean + std, color=color, alpha=0.15)
                 drawn = True
-    if drawn:
-        for level, color in REFERENCE_COLORS.items():
-            v = (refs or {}).get(level)
-            if v is not None:
-                ax.axhline(v, color=color, ls=":", lw=1, label=f"{level} reference ({v:.3g})")
-        ax.set_xlabel("training step")
-        ax.set_ylabel(key)
-        ax.set_yscale("log" if _all_positive(ax) else "linear")
-        ax.legend(fontsize=7)
-        ax.set_title(f"{key} (mean ± std over seeds)" if max_n > 1 else f"{key} (one run per arm: n = 1)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
+            for r in members:
+                s = r.series(key)
+                if not r.ok and len(s):
+                    ax.plot(
+                        s.index,
+                        s.values,
+                        ls="--",
+                        lw=0.8,
+                        color="grey",
+                        label=f"{short(arm)} seed {r.seed} ({r.status})",
+                    )
+                    drawn = True
+        if drawn:
+            ax.set_xlabel("training step")
+            ax.set_ylabel(key)
+            ax.set_yscale("log" if _all_positive(ax) else "linear")
+            ax.margins(y=0.1)
+            draw_refs(ax, refs)
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best")
+            what = "mean ± std over seeds" if max_n > 1 else "one run per arm: n = 1"
+            ax.set_title(f"{key} ({what}{f'; EMA {SMOOTHING}, raw faint' if smoothed else ''})")
+            fig.savefig(path)
+        plt.close(fig)
     return drawn
 
 
@@ -828,34 +849,34 @@ def _all_positive(ax) -> bool:
 
 
 def plot_objective_bars(arms_df: pd.DataFrame, runs: pd.DataFrame, key: str, path: Path, refs=None) -> bool:
-    """Bar per arm (mean objective, Student t 95% CI when n > 1) with the seeds as dots and the reference
-    levels (real floor, noise ceiling) as vertical lines."""
+    """Per arm its mean objective with the Student t 95% CI when n > 1 and the seeds as dots, on an axis zoomed on
+    the arms; the reference levels (real floor, collapsed, noise ceiling) drawn where they fall inside it and named
+    at the edge where they do not."""
     import matplotlib.pyplot as plt
 
     if not arms_df["objective mean"].notna().any():
         return False
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(arms_df)))
-    y = np.arange(len(arms_df))
-    mean = arms_df["objective mean"].to_numpy(float)
-    lo, hi = arms_df["objective ci low"].to_numpy(float), arms_df["objective ci high"].to_numpy(float)
-    err = np.nan_to_num(np.vstack([mean - lo, hi - mean]), nan=0.0)
-    ax.barh(y, mean, xerr=err, color="tab:blue", alpha=0.6, capsize=3)
-    for i, arm in enumerate(arms_df["arm"]):
-        vals = runs[(runs["arm"] == arm) & runs["used"]]["objective"].astype(float)
-        ax.plot(vals, np.full(len(vals), i), "k.", ms=5)
-    for level, color in REFERENCE_COLORS.items():
-        v = (refs or {}).get(level)
-        if v is not None:
-            ax.axvline(v, color=color, ls=":", label=f"{level} reference ({v:.3g})")
-    if refs:
-        ax.legend(fontsize=7)
-    ax.set_yticks(y, arms_df["arm"], fontsize=7)
-    ax.invert_yaxis()
-    many = int(arms_df["n"].max()) > 1
-    ax.set_xlabel(f"{key} (mean, t 95% CI; dots = seeds)" if many else f"{key} (n = 1 per arm: no CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(FIG_WIDTH, 1.4 + 0.4 * len(arms_df)), constrained_layout=True)
+        y = np.arange(len(arms_df))
+        mean = arms_df["objective mean"].to_numpy(float)
+        lo, hi = arms_df["objective ci low"].to_numpy(float), arms_df["objective ci high"].to_numpy(float)
+        err = np.clip(np.nan_to_num(np.vstack([mean - lo, hi - mean]), nan=0.0), 0, None)
+        for i, arm in enumerate(arms_df["arm"]):
+            vals = runs[(runs["arm"] == arm) & runs["used"]]["objective"].astype(float)
+            ax.plot(vals, np.full(len(vals), i), "o", color="grey", alpha=0.5, ms=4)
+        ax.errorbar(mean, y, xerr=err, fmt="s", color="tab:blue", ms=7, capsize=4, lw=2)
+        ax.margins(x=0.15)
+        ax.set_yticks(y, [short(a, 36) for a in arms_df["arm"]])
+        ax.invert_yaxis()
+        draw_refs(ax, refs, axis="x")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best")
+        ax.grid(axis="x", alpha=0.3)
+        many = int(arms_df["n"].max()) > 1
+        ax.set_xlabel(f"{key} (mean, t 95% CI; dots = seeds)" if many else f"{key} (n = 1 per arm: no CI)")
+        fig.savefig(path)
+        plt.close(fig)
     return True
 
 
