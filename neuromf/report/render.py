@@ -1,7 +1,7 @@
 """Rendering: a list of blocks -> Markdown and a self-contained HTML page (Jinja2 templates, autoescape on; PNG images
 inlined as base64).
 
-A block is a tuple: ("h2", text), ("p", text), ("table", df, index), ("img", caption, path),
+A block is a tuple: ("h2", text), ("h3", text), ("p", text), ("table", df, index), ("img", caption, path),
 ("gallery", [(caption, path)]), ("details", summary, df), ("link", text, file name in the report dir). Text is
 escaped (Markdown `code` spans become <code>); tables are pandas' HTML with its cells escaped. A section renders
 through ``templates/sections/<name>.html.j2`` when it has one, else the generic ``templates/section.html.j2``.
@@ -58,6 +58,8 @@ def markdown(block: tuple) -> str:
     kind = block[0]
     if kind == "h2":
         return f"\n## {block[1]}\n"
+    if kind == "h3":
+        return f"\n### {block[1]}\n"
     if kind == "p":
         return block[1] + "\n"
     if kind == "table":
