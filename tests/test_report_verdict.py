@@ -171,3 +171,36 @@ def test_cost_falls_back_to_counted_flops(tmp_path):
         (run / "budget.json").write_text(json.dumps({"budget_flops": 1e15 * (1 + i // 3)}))
     md = (build_report([sd], real=False, metric=OBJ, mode="min")["out"] / "report.md").read_text()
     assert "against its training FLOPs" in md
+
+
+def test_metric_table_by_step_count_and_compact_runs(report):
+    res, _ = report
+    md = (res["out"] / "report.md").read_text()
+    metrics = md[md.index("## Evaluation metrics") : md.index("## Runs")]
+    for nfe in (1, 2, 4):
+        block = metrics[metrics.index(f"### {nfe} sampling step") :].split("###")[1]
+        rows = [ln.split(" | ")[0] for ln in block.splitlines() if ln.startswith("| ") and "metric" not in ln]
+        assert rows == ["| feat3d_fd (↓)", "| recall (↑)"]  # one row per metric
+    assert "| feat3d_fd (↓) | 1.61 ± 0.02 | 1.627 ± 0.03055 | 1.78 ± 0.03 | 0.5 | 9 | 23 |" in metrics
+    runs = md[md.index("## Runs") :].split("\n## ")[0]
+    assert runs.splitlines()[2] == "| arm | seed | status | used | objective | notes |"
+    assert "(runs.csv)" in runs and 'href="runs.csv"' in (res["out"] / "report.html").read_text()
+
+
+def test_axes_zoom_on_the_arms_with_reference_levels_named_at_the_edge(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neuromf.report.core import draw_refs
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1.59, 1.75])
+    lo, hi = ax.get_ylim()
+    draw_refs(ax, {"real": 1.6, "noise": 23.0, "collapsed": 0.5})
+    assert ax.get_ylim() == (lo, hi)  # not stretched to the noise ceiling
+    assert [ln.get_label() for ln in ax.get_lines()[1:]] == ["real floor (1.6)"]  # inside: a line
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["↑ noise ceiling (23)", "↓ collapsed (0.5)"]  # outside: named at the edge
+    plt.close(fig)
