@@ -31,7 +31,9 @@ def A(x: str) -> str:
     return f"model.prediction_type={x}"
 
 
-def make_step_run(run_dir, arm: str, seed: int, fd: dict[int, float], hours: float = 1.0, devices: int = 1):
+def make_step_run(
+    run_dir, arm: str, seed: int, fd: dict[int, float], hours: float = 1.0, devices: int = 1, target: str = ""
+):
     """A completed run evaluated at 1, 2 and 4 steps (val/feat3d_fd/nfeN, val/recall/nfeN), with the reference
     levels, its W&B runtime and its devices."""
     (run_dir / ".hydra").mkdir(parents=True)
@@ -39,7 +41,7 @@ def make_step_run(run_dir, arm: str, seed: int, fd: dict[int, float], hours: flo
     (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (run_dir / ".hydra" / "config.yaml").write_text(
         f"seed: {seed}\nobjective: {OBJ}\nobjective_mode: min\nmodel:\n  prediction_type: {arm}\n"
-        f"trainer:\n  accelerator: gpu\n  devices: {devices}\n"
+        f"trainer:\n  accelerator: gpu\n  devices: {devices}\n" + (f"loss:\n  _target_: {target}\n" if target else "")
     )
     nfes = sorted(fd)
     cols = ["step", "epoch", "train/loss_u"]
@@ -204,3 +206,12 @@ def test_axes_zoom_on_the_arms_with_reference_levels_named_at_the_edge(tmp_path)
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts == ["↑ noise ceiling (23)", "↓ collapsed (0.5)"]  # outside: named at the edge
     plt.close(fig)
+
+
+def test_flow_matching_arm_is_the_multi_step_level(tmp_path):
+    sd = tmp_path / "sweep"
+    for job, (arm, seed) in enumerate([("a", 0), ("a", 1), ("fm", 0), ("fm", 1)]):
+        fd = FD["a"][seed] if arm == "a" else {1: 3.0 + seed, 2: 1.5, 4: 1.0 + 0.1 * seed}
+        make_step_run(sd / str(job), arm, seed, fd, target="neuromf.meanflow.FlowMatchingObjective" * (arm == "fm"))
+    md = (build_report([sd], real=False)["out"] / "report.md").read_text()
+    assert f"Multi-step reference: the flow-matching arm {A('fm')} at 4 steps, 1.05 (dashed)" in md

@@ -10,6 +10,28 @@ from neuromf.report.quality import step_counts, step_table
 from neuromf.tracking.keys import metric_base
 
 EXTRA = ("recall", "coverage")  # drawn beside the objective where the runs logged them
+FM = "FlowMatchingObjective"  # loss._target_ of the flow-matching arm: the multi-step reference level
+
+
+def fm_arms(ctx) -> list[str]:
+    """The arms trained with plain flow matching (``loss=fm``): their multi-step value is the level a one-step arm
+    is compared with."""
+    out = []
+    for r, arm in zip(ctx.records, ctx.arms, strict=True):
+        target = str(((r.config or {}).get("loss") or {}).get("_target_") or "")
+        if target.endswith(FM) and arm not in out:
+            out.append(arm)
+    return out
+
+
+def fm_level(ctx, table) -> tuple[str, int, float] | None:
+    """(arm, step count, mean) of the flow-matching arm at its largest evaluated step count, or None."""
+    for arm in fm_arms(ctx):
+        g = table[table["arm"] == arm]
+        if len(g):
+            row = g.loc[g["nfe"].idxmax()]
+            return arm, int(row["nfe"]), float(row["mean"])
+    return None
 
 
 def plot_steps(ctx, path: Path) -> bool:
@@ -49,6 +71,9 @@ def plot_steps(ctx, path: Path) -> bool:
             name = metric_base(m)
             ax.set_title(name)
             ax.margins(y=0.15)
+            level = fm_level(ctx, t)
+            if level is not None:
+                ax.axhline(level[2], color="k", ls="--", lw=1, label=f"fm at {level[1]} steps ({level[2]:.3g})")
             draw_refs(ax, ctx.refs.get(name, {}))
             ax.grid(alpha=0.3)
         handles, labels = axes[0][0].get_legend_handles_labels()
@@ -80,5 +105,14 @@ def blocks(ctx) -> list:
                 "sampling in one step).",
             )
         )
+        level = fm_level(ctx, step_table(ctx))
+        if level is not None:
+            out.append(
+                (
+                    "p",
+                    f"Multi-step reference: the flow-matching arm {level[0]} at {level[1]} steps, "
+                    f"{level[2]:.4g} (dashed): a one-step arm as good as it loses nothing to multi-step sampling.",
+                )
+            )
         out.append(("img", "Quality against sampling steps per arm", ctx.tmp / "quality_vs_steps.png"))
     return out
