@@ -174,7 +174,8 @@ def varying_keys(configs: list[dict]) -> list[str]:
     return [
         k
         for k in keys
-        if not is_replicate_key(k) and k not in DERIVED_KEYS
+        if not is_replicate_key(k)
+        and k not in DERIVED_KEYS
         and len({json.dumps(f.get(k), default=str, sort_keys=True) for f in flats}) > 1
     ]
 

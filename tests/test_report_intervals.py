@@ -7,7 +7,7 @@ import math
 import pytest
 
 from neuromf.report import build_report
-from neuromf.report_intervals import Z95, interval_table, run_interval
+from neuromf.report.sections.intervals import Z95, interval_table, run_interval
 from neuromf.tracking.metrics import load_sweep
 
 KEY = "val/feat3d_fd/nfe1"

@@ -280,3 +280,25 @@ def test_no_confound_when_the_label_is_the_only_difference(tmp_path):
     assert "a confound" not in md and "resolved keys differ" not in md
     assert "The arm label model.prediction_type resolves to: model.prediction_type." in md
     assert "Real validation volumes not shown" not in md  # the run's saved real/ PNGs are used as they are
+
+
+def test_report_dir_is_group_readable(tmp_path):
+    """The report dir is published 0755 / its files 0644 (tempfile.mkdtemp creates it 0700)."""
+    import stat
+
+    sd = tmp_path / "sweep"
+    for job, (pred, seed, best) in enumerate([("u", 0, 0.1), ("x", 0, 0.2)]):
+        make_run(sd / str(job), pred, seed, best)
+    out = build_report([sd], real=False)["out"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in out.rglob("*") if p.is_dir())
+
+
+def test_sections_are_a_registry():
+    """Each section is one module with blocks(ctx); the page order is the SECTIONS list."""
+    from neuromf.report.sections import SECTIONS
+
+    names = [n for n, _ in SECTIONS]
+    assert len(names) == len(set(names)) and all(callable(m.blocks) for _, m in SECTIONS)

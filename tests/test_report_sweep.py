@@ -125,7 +125,8 @@ def test_report_stats_ranking_and_files(sweep, tmp_path):
         assert u in text and x in text and "diverged" in text and "failed" in text
     assert "0.12 ± 0.02" in md and "0.25 ± 0.05" in md and "final train/loss_raw" not in res["runs"].columns
     assert res["config_diff"].empty  # composed configs differ only by seed, which varies within arms
-    assert page.count("data:image/png;base64,") == 3 and 'src="curve' not in page
+    # 3 figures before issue 21 (objective per arm, two curves) + the verdict and cost figures: all inlined, none linked
+    assert page.count("data:image/png;base64,") == 5 and 'src="curve' not in page
     assert (out / "curve_val_swd.png").is_file() and (out / "objective_by_arm.png").is_file()
 
 

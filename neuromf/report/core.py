@@ -1,20 +1,10 @@
-"""Compare the ablation arms of one or more sweeps: configuration differences, statistics over seeds, loss terms,
-reference levels, samples, cost and provenance -> report.md / report.html.
-
-Usage::
-
-    python -m neuromf.report <sweep_dir> [<sweep_dir> ...] [--metric KEY] [--mode min|max] [--out DIR]
-
-Runs are grouped into arms by their Hydra overrides minus ``seed``. Only completed runs with a finite
-objective count in the statistics; failed / diverged / running runs are listed and marked.
-"""
+"""The report's shared computations: runs grouped into arms, statistics over seeds (Student t-intervals, paired and
+Welch tests, Holm), the tables, reference levels, the cost and provenance tables and the figures. The sections
+(``neuromf.report.sections``) read them from one ``ReportContext`` (``neuromf.report.context``)."""
 
 from __future__ import annotations
 
-import argparse
-import base64
 import fnmatch
-import html
 import json
 import math
 import os
@@ -31,14 +21,13 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, metric_direction
+from neuromf.evaluation.registry import metric_direction
 from neuromf.meanflow.registry import all_terms, objective_class
-from neuromf.report_intervals import interval_blocks
 from neuromf.run_dir import RunDir
 from neuromf.tracking.keys import metric_base
-from neuromf.tracking.metrics import RunRecord, device_count, is_replicate_key, load_sweep
+from neuromf.tracking.metrics import RunRecord, device_count, is_replicate_key
 from neuromf.tracking.redact import MASK, redact_text
-from neuromf.tracking.run import flat_config, git_state
+from neuromf.tracking.run import flat_config
 from neuromf.tracking.safe_load import UnsafeCheckpointError, load_tensors_only
 
 # Loss terms compared per term (never train/loss_raw: it is the sum of an arm's terms), every objective's
@@ -722,6 +711,68 @@ def optuna_section(sweep_dir: Path, out: Path) -> dict | None:
 
 
 # -------------------------------------------------------------------------------------------- plots
+# Figures are saved FIG_WIDTH x DPI = 770 px wide and shown at that width (the page is wider), so FONT points are
+# FONT x DPI / 72 ~ 15 px on screen: as large as the body text (15 px).
+FIG_WIDTH, DPI, FONT = 7.0, 110, 10
+
+
+def short(label: str, width: int = 28) -> str:
+    """An arm label for a figure axis: at most ``width`` characters (the tables hold the full label)."""
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def draw_refs(ax, refs: dict | None, axis: str = "y") -> None:
+    """The reference levels on an axis zoomed on the data: a dotted line for a level inside the data's range (with a
+    margin), else its name and value written at the edge it lies beyond (the axis is not stretched to it)."""
+    import matplotlib.transforms as mtransforms
+
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    outside = {"low": [], "high": []}
+    for level, color in REFERENCE_COLORS.items():
+        v = (refs or {}).get(level)
+        if v is None or not math.isfinite(v):
+            continue
+        name = f"{REFERENCE_NAMES[level]} ({v:.3g})"
+        if lo <= v <= hi:
+            (ax.axhline if axis == "y" else ax.axvline)(v, color=color, ls=":", lw=1.2, label=name)
+        else:
+            outside["high" if v > hi else "low"].append((name, color))
+    for side, items in outside.items():
+        for i, (name, color) in enumerate(items):
+            arrow = ("↑" if axis == "y" else "→") if side == "high" else ("↓" if axis == "y" else "←")
+            if axis == "y":
+                tr = mtransforms.blended_transform_factory(ax.transAxes, ax.transAxes)
+                y = 0.98 - 0.07 * i if side == "high" else 0.02 + 0.07 * i
+                ax.text(0.99, y, f"{arrow} {name}", color=color, ha="right", va="top" if side == "high" else "bottom",
+                        transform=tr, fontsize=FONT - 1)  # fmt: skip
+            else:  # above the plot area, at the side the level lies beyond
+                x = 1.0 if side == "high" else 0.0
+                text = ", ".join(n for n, _ in items)
+                ax.text(x, 1.02, f"{text} →" if side == "high" else f"← {text}", color=items[0][1],
+                        ha="right" if side == "high" else "left", va="bottom", transform=ax.transAxes,
+                        fontsize=FONT - 1)  # fmt: skip
+                break
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(lo, hi)
+
+
+def figure_style():
+    """matplotlib rc for the report's figures: font sizes as large as the page's body text, saved at DPI."""
+    import matplotlib.pyplot as plt
+
+    return plt.rc_context(
+        {
+            "font.size": FONT,
+            "axes.titlesize": FONT + 1,
+            "axes.labelsize": FONT,
+            "xtick.labelsize": FONT - 1,
+            "ytick.labelsize": FONT - 1,
+            "legend.fontsize": FONT - 1,
+            "figure.titlesize": FONT + 1,
+            "savefig.dpi": DPI,
+        }
+    )
+
+
 def _curve_stats(records: list[RunRecord], key: str) -> pd.DataFrame:
     """Mean / std / count over runs of metric ``key`` per step (runs aligned on their logged steps)."""
     series = [r.series(key) for r in records]
@@ -734,43 +785,62 @@ def _curve_stats(records: list[RunRecord], key: str) -> pd.DataFrame:
     ).sort_index()
 
 
+SMOOTHING = 0.6  # W&B's default exponential-moving-average weight for the training curves
+SMOOTH_MIN_POINTS = 10  # curves with fewer logged points (validation) are drawn as they are
+
+
 def plot_curves(records, arms, key, path: Path, refs: dict | None = None) -> bool:
-    """Mean curve per arm (±1 std band when n > 1) over used runs; excluded / running runs dashed grey;
-    the reference levels of the metric as horizontal lines. False if no data."""
+    """Mean curve per arm (±1 std band when n > 1) over used runs, smoothed as W&B does (exponential moving average
+    with weight SMOOTHING, the raw mean faint) when it has many points; excluded / running runs dashed grey; the
+    axis zoomed on the curves, the reference levels drawn where they fall inside it and named at the edge where
+    they do not. False if no data."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    drawn, max_n = False, 0
-    for arm in dict.fromkeys(arms):
-        members = [r for r, a in zip(records, arms, strict=True) if a == arm]
-        cs = _curve_stats([r for r in members if r.ok], key)
-        if len(cs):
-            n = int(cs["n"].max())
-            max_n = max(max_n, n)
-            (line,) = ax.plot(cs.index, cs["mean"], label=f"{arm} (n={n})")
-            if n > 1:
-                ax.fill_between(
-                    cs.index, cs["mean"] - cs["std"], cs["mean"] + cs["std"], color=line.get_color(), alpha=0.2
-                )
-            drawn = True
-        for r in members:
-            s = r.series(key)
-            if not r.ok and len(s):
-                ax.plot(s.index, s.values, ls="--", lw=0.8, color="grey", label=f"{arm} seed {r.seed} ({r.status})")
+    from neuromf.report.quality import ema
+
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(FIG_WIDTH, 3.6), constrained_layout=True)
+        drawn, max_n, smoothed = False, 0, False
+        for i, arm in enumerate(dict.fromkeys(arms)):
+            members = [r for r, a in zip(records, arms, strict=True) if a == arm]
+            cs = _curve_stats([r for r in members if r.ok], key)
+            color = f"C{i % 10}"
+            if len(cs):
+                n = int(cs["n"].max())
+                max_n = max(max_n, n)
+                mean = cs["mean"]
+                if len(cs) >= SMOOTH_MIN_POINTS:
+                    ax.plot(cs.index, mean, color=color, alpha=0.25, lw=0.8)
+                    mean, smoothed = ema(mean, SMOOTHING), True
+                ax.plot(cs.index, mean, color=color, label=f"{short(arm)} (n={n})")
+                if n > 1:
+                    std = ema(cs["std"], SMOOTHING) if smoothed else cs["std"]
+                    ax.fill_between(cs.index, mean - std, mean + std, color=color, alpha=0.15)
                 drawn = True
-    if drawn:
-        for level, color in REFERENCE_COLORS.items():
-            v = (refs or {}).get(level)
-            if v is not None:
-                ax.axhline(v, color=color, ls=":", lw=1, label=f"{level} reference ({v:.3g})")
-        ax.set_xlabel("training step")
-        ax.set_ylabel(key)
-        ax.set_yscale("log" if _all_positive(ax) else "linear")
-        ax.legend(fontsize=7)
-        ax.set_title(f"{key} (mean ± std over seeds)" if max_n > 1 else f"{key} (one run per arm: n = 1)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
+            for r in members:
+                s = r.series(key)
+                if not r.ok and len(s):
+                    ax.plot(
+                        s.index,
+                        s.values,
+                        ls="--",
+                        lw=0.8,
+                        color="grey",
+                        label=f"{short(arm)} seed {r.seed} ({r.status})",
+                    )
+                    drawn = True
+        if drawn:
+            ax.set_xlabel("training step")
+            ax.set_ylabel(key)
+            ax.set_yscale("log" if _all_positive(ax) else "linear")
+            ax.margins(y=0.1)
+            draw_refs(ax, refs)
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best")
+            what = "mean ± std over seeds" if max_n > 1 else "one run per arm: n = 1"
+            ax.set_title(f"{key} ({what}{f'; EMA {SMOOTHING}, raw faint' if smoothed else ''})")
+            fig.savefig(path)
+        plt.close(fig)
     return drawn
 
 
@@ -780,34 +850,34 @@ def _all_positive(ax) -> bool:
 
 
 def plot_objective_bars(arms_df: pd.DataFrame, runs: pd.DataFrame, key: str, path: Path, refs=None) -> bool:
-    """Bar per arm (mean objective, Student t 95% CI when n > 1) with the seeds as dots and the reference
-    levels (real floor, noise ceiling) as vertical lines."""
+    """Per arm its mean objective with the Student t 95% CI when n > 1 and the seeds as dots, on an axis zoomed on
+    the arms; the reference levels (real floor, collapsed, noise ceiling) drawn where they fall inside it and named
+    at the edge where they do not."""
     import matplotlib.pyplot as plt
 
     if not arms_df["objective mean"].notna().any():
         return False
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(arms_df)))
-    y = np.arange(len(arms_df))
-    mean = arms_df["objective mean"].to_numpy(float)
-    lo, hi = arms_df["objective ci low"].to_numpy(float), arms_df["objective ci high"].to_numpy(float)
-    err = np.nan_to_num(np.vstack([mean - lo, hi - mean]), nan=0.0)
-    ax.barh(y, mean, xerr=err, color="tab:blue", alpha=0.6, capsize=3)
-    for i, arm in enumerate(arms_df["arm"]):
-        vals = runs[(runs["arm"] == arm) & runs["used"]]["objective"].astype(float)
-        ax.plot(vals, np.full(len(vals), i), "k.", ms=5)
-    for level, color in REFERENCE_COLORS.items():
-        v = (refs or {}).get(level)
-        if v is not None:
-            ax.axvline(v, color=color, ls=":", label=f"{level} reference ({v:.3g})")
-    if refs:
-        ax.legend(fontsize=7)
-    ax.set_yticks(y, arms_df["arm"], fontsize=7)
-    ax.invert_yaxis()
-    many = int(arms_df["n"].max()) > 1
-    ax.set_xlabel(f"{key} (mean, t 95% CI; dots = seeds)" if many else f"{key} (n = 1 per arm: no CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(FIG_WIDTH, 1.4 + 0.4 * len(arms_df)), constrained_layout=True)
+        y = np.arange(len(arms_df))
+        mean = arms_df["objective mean"].to_numpy(float)
+        lo, hi = arms_df["objective ci low"].to_numpy(float), arms_df["objective ci high"].to_numpy(float)
+        err = np.clip(np.nan_to_num(np.vstack([mean - lo, hi - mean]), nan=0.0), 0, None)
+        for i, arm in enumerate(arms_df["arm"]):
+            vals = runs[(runs["arm"] == arm) & runs["used"]]["objective"].astype(float)
+            ax.plot(vals, np.full(len(vals), i), "o", color="grey", alpha=0.5, ms=4)
+        ax.errorbar(mean, y, xerr=err, fmt="s", color="tab:blue", ms=7, capsize=4, lw=2)
+        ax.margins(x=0.15)
+        ax.set_yticks(y, [short(a, 36) for a in arms_df["arm"]])
+        ax.invert_yaxis()
+        draw_refs(ax, refs, axis="x")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best")
+        ax.grid(axis="x", alpha=0.3)
+        many = int(arms_df["n"].max()) > 1
+        ax.set_xlabel(f"{key} (mean, t 95% CI; dots = seeds)" if many else f"{key} (n = 1 per arm: no CI)")
+        fig.savefig(path)
+        plt.close(fig)
     return True
 
 
@@ -907,63 +977,6 @@ def metric_summary(arms_df: pd.DataFrame, refs: dict, prefix: tuple[str, ...]) -
     return df
 
 
-def _html_table(df: pd.DataFrame, index: bool = False) -> str:
-    return df.to_html(index=index, na_rep="", float_format=_fmt, escape=True)
-
-
-def html_text(text: str) -> str:
-    """Report prose -> HTML: escaped, with the Markdown `code` spans the texts use as <code> elements."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def _img(path: Path, alt: str) -> str:
-    b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def render(title: str, blocks: list[tuple]) -> tuple[str, str]:
-    """Markdown and self-contained HTML (PNG images inlined as base64) of a list of blocks:
-    ("h2", text), ("p", text), ("table", df, index), ("img", caption, path), ("gallery", [(caption, path)]),
-    ("details", summary, df)."""
-    css = (
-        "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px;"
-        "margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 6px}.excl{background:#fdd}"
-        ".gallery{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;border:1px solid #ddd;padding:4px}"
-        "figure img{max-width:420px}figcaption{font-size:12px}.note{background:#ffe;padding:4px}"
-    )
-    md, body = [f"# {title}\n"], [f"<h1>{html.escape(title)}</h1>"]
-    for block in blocks:
-        kind = block[0]
-        if kind == "h2":
-            md.append(f"\n## {block[1]}\n")
-            body.append(f"<h2>{html_text(block[1])}</h2>")
-        elif kind == "p":
-            md.append(block[1] + "\n")
-            body.append(f'<p class="{"note" if block[1].startswith("⚠") else ""}">{html_text(block[1])}</p>')
-        elif kind == "table":
-            df, index = block[1], block[2]
-            md.append(md_table(df, index=index))
-            t = _html_table(df, index=index)
-            for status in ("failed", "diverged", "running", "unknown"):
-                t = t.replace(f"<td>{status}</td>", f'<td class="excl">{status}</td>')
-            body.append(t)
-        elif kind == "img":
-            md.append(f"![{block[1]}]({Path(block[2]).name})\n")
-            body.append(f"<figure>{_img(block[2], block[1])}<figcaption>{html_text(block[1])}</figcaption></figure>")
-        elif kind == "gallery":
-            md.append("".join(f"![{c}]({p.name})\n*{c}*\n\n" for c, p in block[1]))
-            figs = "".join(f"<figure>{_img(p, c)}<figcaption>{html_text(c)}</figcaption></figure>" for c, p in block[1])
-            body.append(f'<div class="gallery">{figs}</div>')
-        elif kind == "details":
-            md.append(f"<details><summary>{block[1]}</summary>\n\n{md_table(block[2], index=True)}\n</details>\n")
-            body.append(f"<details><summary>{html_text(block[1])}</summary>{_html_table(block[2], True)}</details>")
-    page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{css}</style></head><body>{''.join(body)}</body></html>"
-    )
-    return "\n".join(md), page
-
-
 def replace_dir(tmp: Path, out: Path) -> Path | None:
     """Move ``tmp`` to ``out``; an existing ``out`` is kept as ``<out>.prev-<timestamp>`` (returned)."""
     prev = None
@@ -997,73 +1010,6 @@ def _sweep_objective(sweep_dirs: list[Path]) -> tuple[str | None, str | None]:
         if status.get("objective_key"):
             return status["objective_key"], status.get("objective_mode")
     return None, None
-
-
-def build_report(
-    sweep_dirs, out: str | Path | None = None, metric: str | None = None, mode: str | None = None, real: bool = True
-) -> dict:
-    """Load the sweeps, compute the tables, write the report dir atomically; returns paths and tables.
-    ``metric`` / ``mode`` default to the sweep's ``objective`` / ``objective_mode``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    sweep_dirs = [Path(s) for s in sweep_dirs]
-    cfg_metric, cfg_mode = _sweep_objective(sweep_dirs)
-    metric = metric or cfg_metric or DEFAULT_OBJECTIVE
-    mode = mode or (cfg_mode if metric == cfg_metric else None) or metric_direction(metric) or "min"
-    labels = sweep_labels(sweep_dirs)
-    records, sweeps = [], []
-    for sd, label in zip(sweep_dirs, labels, strict=True):
-        recs = load_sweep(sd, objective_key=metric, mode=mode)
-        records += recs
-        sweeps += [label] * len(recs)
-    arms = assign_arms(records, sweeps)
-    runs = run_table(records, arms, sweeps)
-    arms_df = arm_table(runs, mode)
-    refs = reference_levels(records)
-    obj_refs = refs.get(metric_base(metric) or "", {})
-    diff, fixed, within = config_diff([r.config for r in records], arms)
-
-    out = Path(out) if out else sweep_dirs[0] / "report"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        blocks = _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_refs, diff, fixed, within)
-        blocks += _figures(records, arms, runs, arms_df, metric, refs, obj_refs, tmp)
-        blocks += _samples(records, arms, tmp, real)
-        cost = cost_table(records, arms)
-        blocks += [("h2", "Cost per arm"), ("table", cost, False)]
-        blocks += _provenance(sweep_dirs, records, arms)
-        opt = [o for o in (optuna_section(sd, tmp) for sd in sweep_dirs) if o]
-        for o in opt:
-            blocks += _optuna_blocks(o)
-        title = f"NeuroMF sweep report: {', '.join(str(s) for s in sweep_dirs)}"
-        md, page = render(title, blocks)
-        (tmp / "report.md").write_text(md)
-        (tmp / "report.html").write_text(page)
-        arms_df.to_csv(tmp / "arms.csv", index=False)
-        final_df = final_tables(records, arms, metric, mode)[1]
-        if len(final_df):
-            final_df.to_csv(tmp / "final.csv", index=False)
-        runs.to_csv(tmp / "runs.csv", index=False)
-        diff.to_csv(tmp / "config_diff.csv")
-        cost.to_csv(tmp / "cost.csv", index=False)
-        summary = {
-            "sweeps": [str(s) for s in sweep_dirs],
-            "objective_key": metric,
-            "mode": mode,
-            "reference": refs,
-            "config_diff": json.loads(diff.to_json(orient="index")),
-            "arms": json.loads(arms_df.to_json(orient="records")),
-            "final": json.loads(final_df.to_json(orient="records")) if len(final_df) else [],
-            "optuna": [{k: o[k] for k in ("study", "storage", "states", "best")} for o in opt],
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        prev = replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"out": out, "previous": prev, "arms": arms_df, "runs": runs, "config_diff": diff, "fixed": fixed}
 
 
 def gap_closed(value: float, refs: dict[str, float], mode: str = "min") -> float:
@@ -1108,232 +1054,3 @@ def untrained_warnings(arms_df: pd.DataFrame, obj_refs: dict[str, float], mode: 
                 )
             )
     return blocks
-
-
-def _blocks(sweep_dirs, metric, mode, records, arms, runs, arms_df, refs, obj_refs, diff, fixed, within) -> list:
-    n_max = int(arms_df["n"].max()) if len(arms_df) else 0
-    intro = (
-        f"Objective: `{metric}` ({'lower' if mode == 'min' else 'higher'} is better), best value over validation "
-        "epochs of each run (the selection: it chose each run's checkpoint). Statistics over completed runs with a "
-        f"finite objective: mean ± sample std (ddof=1) [Student t {CONFIDENCE:.0%} CI of the mean, n - 1 degrees of "
-        "freedom: valid at small n, 3 seeds included, for roughly normal values]. Each arm is compared with the "
-        "best: seed-paired t-test and paired t-interval of the difference when they share >= 2 seeds, else Welch's "
-        "t-test and interval when both have n >= 2; p-values Holm-adjusted across the arms."
-    )
-    if obj_refs:
-        intro += " Reference levels of the objective's metric: " + ", ".join(
-            f"{name} {obj_refs[level]:.4g}" for level, name in REFERENCE_NAMES.items() if level in obj_refs
-        )
-    blocks = [("p", intro)]
-    if len(sweep_dirs) > 1:
-        blocks.append(
-            (
-                "p",
-                f"Runs from the {len(sweep_dirs)} sweep dirs are pooled into one arm when their resolved configs are "
-                "equal apart from the seed and the launch, logging and path keys (" + ", ".join(POOL_IGNORED) + ").",
-            )
-        )
-    if n_max <= 1:
-        blocks.append(("p", f"⚠ {NO_STATS}: every arm has at most one completed run; add seeds for CIs and tests."))
-    running = int((runs["status"] == "running").sum())
-    if running:
-        blocks.append(
-            ("p", f"⚠ partial sweep: {running} run(s) still running (marked); they are not in the statistics.")
-        )
-    blocks += [("h2", "Arms (ranked)"), ("table", arm_summary(arms_df), False)]
-    blocks += interval_blocks(records, arms, list(arms_df["arm"]), metric, mode)
-    blocks += untrained_warnings(arms_df, obj_refs, mode)
-    blocks += final_blocks(records, arms, metric, mode)
-    blocks.append(("h2", "Configuration differences between arms"))
-    labelled = {k for r in records for k in r.arm}
-    if len(diff):
-        blocks.append(("table", diff, True))
-        shown = sorted(k for k in labelled if len({r.arm.get(k) for r in records}) > 1)
-        keys = [k for k in diff.index if not pool_ignored(k)]
-        if len(keys) > max(1, len(shown)):
-            blocks.append(
-                (
-                    "p",
-                    f"⚠ the arm label varies {', '.join(shown) or 'nothing'} but {len(keys)} resolved keys differ "
-                    f"between the arms: {', '.join(keys)}. Each may explain a difference (a confound).",
-                )
-            )
-        else:
-            blocks.append(("p", f"The arm label {', '.join(shown)} resolves to: {', '.join(keys)}."))
-    else:
-        blocks.append(("p", "The arms' resolved configurations are identical (apart from the replicate keys)."))
-    if within:
-        blocks.append(("p", f"Keys that vary within arms (replicates): {', '.join(within)}."))
-    fixed_df = pd.DataFrame({"value": [json.dumps(v, default=str) for v in fixed.values()]}, index=list(fixed))
-    fixed_df.index.name = "key"
-    blocks.append(("details", f"Fixed settings of the sweep ({len(fixed)} keys, equal in every run)", fixed_df))
-    blocks.append(("h2", "Loss terms (per term, like for like)"))
-    blocks.append(
-        (
-            "p",
-            "train/loss_raw and val/loss_raw are not compared: they are the sum of each arm's own loss terms. A term "
-            "is compared across arms only where it measures the same quantity in each (same objective, tangent, "
-            "time sampler and distance; — where an arm does not log it).",
-        )
-    )
-    loss = metric_summary(arms_df, refs, ("final train/loss", "best val/loss"))
-    skipped = incomparable_terms(records)
-    if len(loss) and skipped:
-        loss = loss[[i.split(" ")[1] not in skipped for i in loss.index]]
-    for key, why in skipped.items():
-        blocks.append(
-            (
-                "p",
-                f"⚠ `{key}` is not compared across these arms: it measures a different quantity in them "
-                f"({why} differ), so a perfect model scores differently under each; compare the evaluation "
-                "metrics instead.",
-            )
-        )
-    if len(loss):
-        blocks.append(("table", loss, True))
-    elif skipped:
-        blocks.append(("p", "No loss term measures the same quantity in every arm: no loss comparison."))
-    else:
-        blocks.append(("p", "No run logged per-term losses (train/loss_u): older runs; no loss comparison."))
-    evals = metric_summary(arms_df, refs, ("best val/", "final val/"))
-    evals = evals[[not i.split(" ", 1)[1].startswith("val/loss") for i in evals.index]] if len(evals) else evals
-    blocks.append(("h2", "Evaluation metrics (best per run; ↓ lower / ↑ higher is better) and reference levels"))
-    blocks.append(("table", evals, True) if len(evals) else ("p", "No evaluation metrics logged."))
-    runs_view = runs.drop(columns=["path"]).assign(used=runs["used"].map({True: "yes", False: "excluded"}))
-    blocks += [("h2", "Runs"), ("table", runs_view, False)]
-    return blocks
-
-
-def final_blocks(records, arms, metric, mode) -> list:
-    """The final table: each run's selected checkpoint scored on the test split (python -m neuromf.evaluate)."""
-    per_arm, per_run = final_tables(records, arms, metric, mode)
-    blocks = [("h2", "Final evaluation (test split)")]
-    if per_arm.empty:
-        return blocks + [
-            (
-                "p",
-                "No run has a final evaluation: the objective above is the selection (the best of several validation "
-                "passes on the same set), not an estimate of sample quality; `python -m neuromf.evaluate <sweep dir>` "
-                "scores each run's selected checkpoint on the test split.",
-            )
-        ]
-    text = (
-        "Each run's checkpoint selected by the validation objective (the selection column, which is optimistic: the "
-        "best of several passes on one set) scored once on the held-out test split with more samples, at every "
-        f"configured step count (mean ± std [Student t {CONFIDENCE:.0%} CI] over the arm's runs)."
-    )
-    missing = len(records) - len(per_run)
-    if missing:
-        text += f" {missing} run(s) have no final evaluation and are not in this table."
-    notes = sorted({n for n in per_run["note"] if n})
-    blocks += [("p", text), ("table", per_arm, False)]
-    blocks += [("p", f"Note: {n}") for n in notes]
-    blocks.append(("details", f"Final evaluation per run ({len(per_run)} runs)", per_run.set_index("arm")))
-    return blocks
-
-
-def _figures(records, arms, runs, arms_df, metric, refs, obj_refs, tmp: Path) -> list:
-    blocks = [("h2", "Plots")]
-    if plot_objective_bars(arms_df, runs, metric, tmp / "objective_by_arm.png", obj_refs):
-        blocks.append(("img", f"{metric} per arm", tmp / "objective_by_arm.png"))
-    keys = [metric, *(k for _, k in LOSS_TERMS)]
-    for key in dict.fromkeys(keys):
-        fname = "curve_" + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_") + ".png"
-        if plot_curves(records, arms, key, tmp / fname, refs.get(metric_base(key) or "", {})):
-            blocks.append(("img", f"{key} vs training step", tmp / fname))
-    return blocks
-
-
-def _samples(records, arms, tmp: Path, real: bool) -> list:
-    blocks = [("h2", "Samples (fixed noise) and real validation volumes")]
-    items = sample_gallery(records, arms)
-    if not items:
-        return blocks + [("p", "No sample PNGs under <run>/samples/ (callbacks.samples disabled or not reached).")]
-    gallery = []
-    for i, it in enumerate(items):
-        dst = tmp / f"sample_{i:02d}.png"
-        shutil.copyfile(it["png"], dst)
-        step = f"training step {it['step']}" if it["step"] is not None else f"epoch {it['epoch']}"
-        steps = f"{it['nfe']} step{'s' if it['nfe'] > 1 else ''}"
-        gallery.append((f"{it['arm']} | {steps} | {step} | seed {it['seed']} | {it['png'].stem}", dst))
-    blocks.append(("gallery", gallery))
-    reals, why = real_previews(records, tmp) if real else ([], "disabled (--no-real)")
-    if reals:
-        copies = []
-        for i, p in enumerate(reals):
-            dst = tmp / f"real_val_{i:02d}.png"
-            if Path(p).resolve() != dst.resolve():
-                shutil.copyfile(p, dst)
-            copies.append((f"real validation volume {i}", dst))
-        blocks.append(("gallery", copies))
-    else:
-        blocks.append(("p", f"Real validation volumes not shown: {why}."))
-    return blocks
-
-
-def _provenance(sweep_dirs, records, arms) -> list:
-    commit, dirty = git_state()
-    cmd = " ".join(["python -m neuromf.report", *sys.argv[1:]])
-    lines = [
-        f"Report written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{cmd}` at git commit {commit or 'unknown'}"
-        f"{' (dirty tree)' if dirty else ''}."
-    ]
-    for sd in sweep_dirs:
-        cmd = sweep_command(sd)
-        lines.append(f"Sweep {sd}: {'command: ' + cmd if cmd else 'command unknown (no multirun.yaml)'}.")
-    commits = {(r.status_data.get("provenance") or {}).get("git_commit") for r in records} - {None}
-    if len(commits) > 1:
-        lines.append(f"⚠ the runs were trained at {len(commits)} different git commits.")
-    return [("h2", "Provenance"), *(("p", t) for t in lines), ("table", provenance_table(records, arms), False)]
-
-
-def _saved_text(hours: float, kind: str | None) -> str:
-    """The pruning saving in words: GPU-hours only when the pruned runs trained on GPUs."""
-    est = "devices x wall time per step x steps not run"
-    if kind == "GPU":
-        return f" Pruning saved about {hours:.3g} GPU-hours ({est})."
-    on = {"CPU": "CPU runs: no GPU time", "mixed": "GPU and CPU runs"}.get(kind or "", "accelerator not recorded")
-    return f" Pruning saved about {hours:.3g} device-hours ({est}; {on})."
-
-
-def _optuna_blocks(o: dict) -> list:
-    best = o["best"]
-    text = (
-        f"Study `{o['study']}` ({o['storage']}), direction {o['direction']}; trials by state: "
-        + ", ".join(f"{k} {v}" for k, v in o["states"].items())
-        + (f". Best trial {best['trial']}: value {best['value']:.4g}, params {best['params']}." if best else ".")
-        + (_saved_text(o["saved_device_h"], o.get("saved_on")) if o.get("saved_device_h") else "")
-    )
-    blocks = [("h2", f"Optuna study {o['study']}"), ("p", text), ("table", o["trials"], False)]
-    if o.get("importances"):
-        imp = pd.DataFrame({"importance": list(o["importances"].values())}, index=list(o["importances"]))
-        imp.index.name = "parameter"
-        blocks.append(("table", imp, True))
-    blocks += [("p", n) for n in o["notes"]]
-    blocks += [("img", name, p) for name, p in o["images"].items()]
-    return blocks
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m neuromf.report", description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("sweep_dirs", nargs="+", type=Path, help="Hydra multirun dir(s) (<sweep_dir>/<job>/.hydra)")
-    p.add_argument("--metric", default=None, help="objective metric (default: the sweep's `objective`)")
-    p.add_argument("--mode", choices=["min", "max"], default=None, help="default: the sweep's `objective_mode`")
-    p.add_argument("--out", type=Path, default=None, help="report dir (default: <first sweep_dir>/report)")
-    p.add_argument("--no-real", action="store_true", help="do not decode real validation volumes for the gallery")
-    args = p.parse_args(argv)
-    try:
-        res = build_report(args.sweep_dirs, args.out, args.metric, args.mode, real=not args.no_real)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
-    arms_df = res["arms"]
-    print(md_table(arm_summary(arms_df)[["rank", "arm", "state", "n", "objective"]]))
-    if res["previous"]:
-        print(f"previous report kept at {res['previous']}")
-    print(f"wrote {res['out'] / 'report.md'} and {res['out'] / 'report.html'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

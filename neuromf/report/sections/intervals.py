@@ -17,7 +17,7 @@ from neuromf.evaluation.registry import interval_keys, metric_direction
 from neuromf.run_dir import RunDir
 from neuromf.tracking.metrics import RunRecord
 
-__all__ = ["interval_blocks", "knn_reference", "run_interval"]
+__all__ = ["blocks", "interval_blocks", "knn_reference", "run_interval"]
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile: the combined interval of a difference
 
@@ -134,3 +134,7 @@ def interval_blocks(records: list[RunRecord], arms: list[str], ranked: list[str]
             )
         )
     return blocks
+
+
+def blocks(ctx) -> list:
+    return interval_blocks(ctx.records, ctx.arms, list(ctx.arms_df["arm"]), ctx.metric, ctx.mode)

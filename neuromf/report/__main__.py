@@ -1,0 +1,3 @@
+from neuromf.report.build import main
+
+raise SystemExit(main())
