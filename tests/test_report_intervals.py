@@ -7,8 +7,8 @@ import math
 import pytest
 
 from neuromf.report import build_report
-from neuromf.report.sections.intervals import Z95, interval_table, run_interval
-from neuromf.tracking.metrics import load_sweep
+from neuromf.report.sections.intervals import Z95, interval_table
+from neuromf.tracking.metrics import load_sweep, run_interval
 
 KEY = "val/feat3d_fd/nfe1"
 

@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from neuromf.report import build_report
-from neuromf.report.quality import NO_SPREAD, ema, seeds_to_resolve
+from neuromf.report.core import ema
+from neuromf.report.quality import NO_SPREAD, seeds_to_resolve
 
 OBJ = "val/feat3d_fd/nfe1"
 # arm -> seed -> {nfe: best val/feat3d_fd/nfe<N>}

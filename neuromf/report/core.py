@@ -789,14 +789,25 @@ SMOOTHING = 0.6  # W&B's default exponential-moving-average weight for the train
 SMOOTH_MIN_POINTS = 10  # curves with fewer logged points (validation) are drawn as they are
 
 
+def ema(values: pd.Series, weight: float) -> pd.Series:
+    """W&B's smoothing: exponential moving average with debiasing (smoothed_t = sum w^(t-i)(1-w) x_i / (1-w^t))."""
+    out, last, num = [], 0.0, 0
+    for x in values.astype(float):
+        if not math.isfinite(x):
+            out.append(math.nan)
+            continue
+        num += 1
+        last = last * weight + (1 - weight) * x
+        out.append(last / (1 - weight**num))
+    return pd.Series(out, index=values.index)
+
+
 def plot_curves(records, arms, key, path: Path, refs: dict | None = None) -> bool:
     """Mean curve per arm (±1 std band when n > 1) over used runs, smoothed as W&B does (exponential moving average
     with weight SMOOTHING, the raw mean faint) when it has many points; excluded / running runs dashed grey; the
     axis zoomed on the curves, the reference levels drawn where they fall inside it and named at the edge where
     they do not. False if no data."""
     import matplotlib.pyplot as plt
-
-    from neuromf.report.quality import ema
 
     with figure_style():
         fig, ax = plt.subplots(figsize=(FIG_WIDTH, 3.6), constrained_layout=True)

@@ -174,16 +174,3 @@ def one_step_gap(ctx) -> dict[str, float]:
     if lo is None or hi is None:
         return {}
     return {a: (x / y if y else math.nan) for a, x, y in zip(ctx.arms_df["arm"], lo, hi, strict=True)}
-
-
-def ema(values: pd.Series, weight: float) -> pd.Series:
-    """W&B's smoothing: exponential moving average with debiasing (smoothed_t = sum w^(t-i)(1-w) x_i / (1-w^t))."""
-    out, last, num = [], 0.0, 0
-    for x in values.astype(float):
-        if not math.isfinite(x):
-            out.append(math.nan)
-            continue
-        num += 1
-        last = last * weight + (1 - weight) * x
-        out.append(last / (1 - weight**num))
-    return pd.Series(out, index=values.index)

@@ -15,10 +15,9 @@ from omegaconf import DictConfig
 
 from neuromf.evaluation.registry import metric_direction
 from neuromf.io_atomic import write_text_atomic
-from neuromf.report.sections.intervals import run_interval
 from neuromf.run_dir import RunDir
 from neuromf.sweep.arms import grid_jobs
-from neuromf.tracking.metrics import device_count, load_sweep, read_config
+from neuromf.tracking.metrics import device_count, load_sweep, read_config, run_interval
 from neuromf.tracking.redact import redact
 from neuromf.tracking.run import read_status, write_redacted_json
 

@@ -11,6 +11,7 @@ its Hydra files; nothing built from these records (report, dashboards, sweep sum
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from neuromf.evaluation.registry import DEFAULT_OBJECTIVE
+from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, interval_keys, metric_direction
 from neuromf.run_dir import RunDir
 from neuromf.tracking.redact import redact
 
@@ -278,3 +279,29 @@ def load_sweep(sweep_dir: str | Path, objective_key: str | None = None, mode: st
             "(Hydra multirun layout <sweep_dir>/<job_num>/.hydra)"
         )
     return [load_run(d, objective_key, mode) for d in run_dirs]
+
+
+def run_interval(record: RunRecord, key: str, mode: str | None = None) -> dict[str, float] | None:
+    """{value, se, ci_lo, ci_hi} of the evaluation that gave the run's best ``key`` (metrics.csv, else
+    eval/summary.json), None when the run logged no interval for it."""
+    mode = mode or metric_direction(key) or "min"
+    bounds = interval_keys(key)
+    df = record.metrics
+    if key in df.columns and bounds["se"] in df.columns:
+        rows = df[df[key].notna() & df[bounds["se"]].notna()]
+        if len(rows):
+            row = rows.loc[rows[key].astype(float).idxmax() if mode == "max" else rows[key].astype(float).idxmin()]
+            return {"value": float(row[key])} | {b: float(row[k]) for b, k in bounds.items() if k in row}
+    best = (eval_summary(record).get("best") or {}).get(key) or {}
+    if isinstance(best, dict) and best.get("se") is not None and best.get("value") is not None:
+        return {"value": float(best["value"])} | {b: float(best[b]) for b in bounds if best.get(b) is not None}
+    return None
+
+
+def eval_summary(record: RunRecord) -> dict:
+    path = RunDir(record.path).eval_summary
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

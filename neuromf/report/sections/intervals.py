@@ -8,50 +8,21 @@ seed-to-seed spread (the arms table) is a separate, additional source of variati
 
 from __future__ import annotations
 
-import json
 import math
 
 import pandas as pd
 
-from neuromf.evaluation.registry import interval_keys, metric_direction
-from neuromf.run_dir import RunDir
-from neuromf.tracking.metrics import RunRecord
+from neuromf.tracking.metrics import RunRecord, eval_summary, run_interval
 
-__all__ = ["blocks", "interval_blocks", "knn_reference", "run_interval"]
+__all__ = ["blocks", "interval_blocks", "knn_reference"]
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile: the combined interval of a difference
-
-
-def run_interval(record: RunRecord, key: str, mode: str | None = None) -> dict[str, float] | None:
-    """{value, se, ci_lo, ci_hi} of the evaluation that gave the run's best ``key`` (metrics.csv, else
-    eval/summary.json), None when the run logged no interval for it."""
-    mode = mode or metric_direction(key) or "min"
-    bounds = interval_keys(key)
-    df = record.metrics
-    if key in df.columns and bounds["se"] in df.columns:
-        rows = df[df[key].notna() & df[bounds["se"]].notna()]
-        if len(rows):
-            row = rows.loc[rows[key].astype(float).idxmax() if mode == "max" else rows[key].astype(float).idxmin()]
-            return {"value": float(row[key])} | {b: float(row[k]) for b, k in bounds.items() if k in row}
-    best = (_eval_summary(record).get("best") or {}).get(key) or {}
-    if isinstance(best, dict) and best.get("se") is not None and best.get("value") is not None:
-        return {"value": float(best["value"])} | {b: float(best[b]) for b in bounds if best.get(b) is not None}
-    return None
-
-
-def _eval_summary(record: RunRecord) -> dict:
-    path = RunDir(record.path).eval_summary
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def knn_reference(records: list[RunRecord]) -> dict | None:
     """The k-NN metrics' reference set a run's evaluation recorded ({set, size, k, description}), or None."""
     for r in records:
-        ref = _eval_summary(r).get("knn_reference")
+        ref = eval_summary(r).get("knn_reference")
         if isinstance(ref, dict) and ref.get("size"):
             return ref
     return None
