@@ -33,8 +33,9 @@ def A(x: str) -> str:
 
 
 def make_step_run(
-    run_dir, arm: str, seed: int, fd: dict[int, float], hours: float = 1.0, devices: int = 1, target: str = ""
-):
+    run_dir, arm: str, seed: int, fd: dict[int, float], hours: float = 1.0, devices: int = 1, target: str = "",
+    eval_seed: int = 0,
+):  # fmt: skip
     """A completed run evaluated at 1, 2 and 4 steps (val/feat3d_fd/nfeN, val/recall/nfeN), with the reference
     levels, its W&B runtime and its devices."""
     (run_dir / ".hydra").mkdir(parents=True)
@@ -42,7 +43,8 @@ def make_step_run(
     (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (run_dir / ".hydra" / "config.yaml").write_text(
         f"seed: {seed}\nobjective: {OBJ}\nobjective_mode: min\nmodel:\n  prediction_type: {arm}\n"
-        f"trainer:\n  accelerator: gpu\n  devices: {devices}\n" + (f"loss:\n  _target_: {target}\n" if target else "")
+        f"trainer:\n  accelerator: gpu\n  devices: {devices}\neval:\n  seed: {eval_seed}\n"
+        + (f"loss:\n  _target_: {target}\n" if target else "")
     )
     nfes = sorted(fd)
     cols = ["step", "epoch", "train/loss_u"]
@@ -147,6 +149,17 @@ def test_quality_against_steps_and_the_one_step_gap(report):
     for arm, gap in (("a", 1.61 / 1.22), ("b", 1.78 / 1.33), ("c", (4.88 / 3) / (3.37 / 3))):
         row = next(ln for ln in md.splitlines() if ln.startswith("| ") and f"| {A(arm)} | done |" in ln)
         assert f"| {gap:.4g} |" in row
+
+
+def test_the_steps_section_says_whether_the_evaluation_noise_was_shared(report, tmp_path):
+    md = (report[0]["out"] / "report.md").read_text()
+    assert "same fixed evaluation noise (eval.seed=0)" in md
+    sd = tmp_path / "other_noise"
+    make_step_run(sd / "0", "a", 0, FD["a"][0])
+    make_step_run(sd / "1", "b", 0, FD["b"][0], eval_seed=1)
+    build_report([sd])
+    md = (sd / "report" / "report.md").read_text()
+    assert "⚠ the runs drew their evaluation noise from different eval.seed values ([0, 1])" in md
 
 
 def test_quality_against_cost(report):

@@ -43,17 +43,15 @@ def _samples(records, arms, tmp: Path, real: bool) -> list:
         steps = f"{nfe} step{'s' if nfe > 1 else ''}"
         names = ", ".join(g["png"].stem for g in group)
         gallery.append((f"{arm} | {steps} | {step} | seed {it['seed']} | {names}", dst))
-    blocks.append(("gallery", gallery))
     reals, why = real_previews(records, tmp) if real else ([], "disabled (--no-real)")
-    if reals:
-        copies = []
-        for i, p in enumerate(reals):
-            dst = tmp / f"real_val_{i:02d}.png"
-            if Path(p).resolve() != dst.resolve():
-                shutil.copyfile(p, dst)
-            copies.append((f"real validation volume {i}", dst))
-        blocks.append(("gallery", copies))
-    else:
+    copies = []
+    for i, p in enumerate(reals):  # first in the same gallery: each arm's grid sits beside the real volumes
+        dst = tmp / f"real_val_{i:02d}.png"
+        if Path(p).resolve() != dst.resolve():
+            shutil.copyfile(p, dst)
+        copies.append((f"real validation volume {i}", dst))
+    blocks.append(("gallery", copies + gallery))
+    if not reals:
         blocks.append(("p", f"Real validation volumes not shown: {why}."))
     return blocks
 

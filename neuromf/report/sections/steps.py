@@ -102,7 +102,7 @@ def blocks(ctx) -> list:
                 "p",
                 f"Each run's best value at every evaluated step count ({', '.join(map(str, counts))}); the 1-step "
                 "gap in the arms table is the 1-step value over the largest-step value (1 = nothing lost by "
-                "sampling in one step).",
+                "sampling in one step). " + noise_note(ctx),
             )
         )
         level = fm_level(ctx, step_table(ctx))
@@ -116,3 +116,17 @@ def blocks(ctx) -> list:
             )
         out.append(("img", "Quality against sampling steps per arm", ctx.tmp / "quality_vs_steps.png"))
     return out
+
+
+def noise_note(ctx) -> str:
+    """Whether every run drew its evaluation samples from the same fixed noise (eval.seed), at every step count."""
+    seeds = {(r.config or {}).get("eval", {}).get("seed") for r in ctx.records if r.config}
+    seeds.discard(None)
+    if len(seeds) == 1:
+        return (
+            f"Every arm, seed and step count starts from the same fixed evaluation noise (eval.seed={seeds.pop()}): "
+            "the curves differ by the network alone."
+        )
+    if seeds:
+        return f"⚠ the runs drew their evaluation noise from different eval.seed values ({sorted(seeds, key=str)})."
+    return ""
