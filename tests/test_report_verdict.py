@@ -229,3 +229,21 @@ def test_flow_matching_arm_is_the_multi_step_level(tmp_path):
         make_step_run(sd / str(job), arm, seed, fd, target="neuromf.meanflow.FlowMatchingObjective" * (arm == "fm"))
     md = (build_report([sd], real=False)["out"] / "report.md").read_text()
     assert f"Multi-step reference: the flow-matching arm {A('fm')} at 4 steps, 1.05 (dashed)" in md
+
+
+def test_reference_lines_named_on_narrow_panels_once_per_value():
+    """label_inside: each level inside the zoomed axis is named at its line; levels at one value share one label
+    (recall's collapsed and noise levels are both 0), whatever level lies between them in drawing order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neuromf.report.core import draw_refs
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 4], [0.0, 0.3, 0.6])
+    draw_refs(ax, {"real": 0.0, "collapsed": 0.5, "noise": 0.0}, label_inside=True)
+    assert sorted(t.get_text() for t in ax.texts) == ["collapsed (0.5)", "real floor = noise ceiling (0)"]
+    assert ax.get_legend_handles_labels()[1] == []  # named on the plot, not through a legend
+    plt.close(fig)

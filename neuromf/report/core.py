@@ -721,20 +721,34 @@ def short(label: str, width: int = 28) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
-def draw_refs(ax, refs: dict | None, axis: str = "y") -> None:
+def draw_refs(ax, refs: dict | None, axis: str = "y", label_inside: bool = False) -> None:
     """The reference levels on an axis zoomed on the data: a dotted line for a level inside the data's range (with a
-    margin), else its name and value written at the edge it lies beyond (the axis is not stretched to it)."""
+    margin), else its name and value written at the edge it lies beyond (the axis is not stretched to it).
+    label_inside: a line inside is named on the plot at its left end (narrow panels, where a legend would cover the
+    edge labels) instead of through the legend."""
     import matplotlib.transforms as mtransforms
 
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     outside = {"low": [], "high": []}
+    named: dict[float, tuple] = {}  # label_inside: value -> (level names, their label); one label per value
     for level, color in REFERENCE_COLORS.items():
         v = (refs or {}).get(level)
         if v is None or not math.isfinite(v):
             continue
         name = f"{REFERENCE_NAMES[level]} ({v:.3g})"
         if lo <= v <= hi:
-            (ax.axhline if axis == "y" else ax.axvline)(v, color=color, ls=":", lw=1.2, label=name)
+            (ax.axhline if axis == "y" else ax.axvline)(v, color=color, ls=":", lw=1.2, label=None if label_inside
+                                                         else name)  # fmt: skip
+            if label_inside and axis == "y":
+                key = float(f"{v:.3g}")
+                if key in named:  # a level at the same value as an earlier one: one label names both
+                    names, text = named[key]
+                    names.append(REFERENCE_NAMES[level])
+                    text.set_text(f"{' = '.join(names)} ({v:.3g})")
+                    continue
+                tr = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
+                text = ax.text(0.02, v, name, color=color, ha="left", va="bottom", transform=tr, fontsize=FONT - 1)
+                named[key] = ([REFERENCE_NAMES[level]], text)
         else:
             outside["high" if v > hi else "low"].append((name, color))
     for side, items in outside.items():

@@ -70,7 +70,7 @@ def plot_cost(ctx, pts: pd.DataFrame, x: str, path: Path) -> None:
         refs_h = [(h, lab) for h, lab in zip(handles, labels, strict=True) if "(n=" not in lab]
         fig.legend(*zip(*arms_h, strict=True), loc="outside lower center", ncols=min(2, len(arms_h)))
         if refs_h:
-            ax.legend(*zip(*refs_h, strict=True), loc="upper right")
+            ax.legend(*zip(*refs_h, strict=True), loc="best")  # "best" avoids the edge labels (Text) too
         ax.set_title("Quality against training cost (squares: arm mean ± std; dots: runs)")
         fig.savefig(path)
         plt.close(fig)

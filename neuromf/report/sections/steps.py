@@ -74,7 +74,7 @@ def plot_steps(ctx, path: Path) -> bool:
             level = fm_level(ctx, t)
             if level is not None:
                 ax.axhline(level[2], color="k", ls="--", lw=1, label=f"fm at {level[1]} steps ({level[2]:.3g})")
-            draw_refs(ax, ctx.refs.get(name, {}))
+            draw_refs(ax, ctx.refs.get(name, {}), label_inside=True)
             ax.grid(alpha=0.3)
         handles, labels = axes[0][0].get_legend_handles_labels()
         arms_h = [(h, lab) for h, lab in zip(handles, labels, strict=True) if "(n=" in lab]
@@ -82,7 +82,7 @@ def plot_steps(ctx, path: Path) -> bool:
         for ax in axes[0]:
             refs = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels(), strict=True) if "(n=" not in lab]
             if refs:
-                ax.legend(*zip(*refs, strict=True), loc="upper right")
+                ax.legend(*zip(*refs, strict=True), loc="best")  # the fm level; reference lines are named on the plot
         fig.suptitle(f"Quality against sampling steps (mean, {CONFIDENCE:.0%} t-interval over seeds)")
         fig.savefig(path)
         plt.close(fig)
