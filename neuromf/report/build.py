@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from neuromf.report import core
 from neuromf.report.context import load_context
 from neuromf.report.core import arm_summary, final_tables, md_table, replace_dir
 from neuromf.report.render import render
@@ -39,6 +40,7 @@ def build_report(
     from neuromf.report.sections import SECTIONS
 
     matplotlib.use("Agg")
+    core._WARNED.clear()  # each damaged file is named once per report
     ctx = load_context(sweep_dirs, metric, mode, real)
     out = Path(out) if out else ctx.sweep_dirs[0] / "report"
     out.parent.mkdir(parents=True, exist_ok=True)

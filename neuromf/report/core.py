@@ -38,10 +38,16 @@ NO_STATS = "n = 1: no statistics"
 _EVAL_KEY = re.compile(r"^val/(?!loss)[^/]+(/nfe\d+)?$")
 
 
+_WARNED: set[str] = set()  # the lines warn_skipped printed for the report being built (build_report clears it)
+
+
 def warn_skipped(path: Path, reason: object) -> None:
-    """One line on stderr naming a file of the sweep dir the report cannot use (unreadable, unsafe) and skips."""
-    print(f"warning: skipped {path}: {redact_text(str(reason).strip().splitlines()[0] if str(reason).strip() else '')}",
-          file=sys.stderr)  # fmt: skip
+    """One line on stderr naming a file of the sweep dir the report cannot use (unreadable, unsafe) and skips; once
+    per report, however many sections read the file."""
+    line = f"warning: skipped {path}: {redact_text(str(reason).strip().splitlines()[0] if str(reason).strip() else '')}"
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------- grouping
