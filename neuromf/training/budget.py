@@ -92,15 +92,21 @@ def steps_for_budget(budget: float, step_flops: Callable[[int], int], phase: Cal
     raise ValueError(f"budget {budget:.3g} FLOPs buys more than {MAX_STEPS} steps: check budget.* units")
 
 
+def _phase_cost(objective, net, x, phases: dict[str, int], k: int) -> int:
+    """FLOPs of training step k: its phase's count in `phases`, counted (at step k) the first time the phase comes."""
+    phase_of = getattr(objective, "cost_phase", None)
+    key = str(phase_of(k)) if phase_of else "all"
+    if key not in phases:
+        phases[key] = training_step_flops(objective, net, x, step=k)
+    return phases[key]
+
+
 def _counted_steps(total: float, objective, net, x, phases: dict[str, int]) -> int:
     """steps_for_budget for an objective whose schedule is in steps; FLOPs counted once per phase (into phases)."""
     phase_of = getattr(objective, "cost_phase", None)
 
     def step_cost(k: int) -> int:
-        key = str(phase_of(k) if phase_of else "all")
-        if key not in phases:
-            phases[key] = training_step_flops(objective, net, x, step=k)
-        return phases[key]
+        return _phase_cost(objective, net, x, phases, k)
 
     if phase_of is None:
 
@@ -128,14 +134,7 @@ def _steps_within(total: float, objective, net, x, phases: dict[str, int], fm_co
 
     def spent(n: int) -> int:
         fitted = objective.for_run_length(max(n, 1))
-        phase_of = getattr(fitted, "cost_phase", None)
-        out = 0
-        for i in range(n):
-            key = str(phase_of(i)) if phase_of else "all"
-            if key not in phases:
-                phases[key] = training_step_flops(fitted, net, x, step=i)
-            out += phases[key]
-        return out
+        return sum(_phase_cost(fitted, net, x, phases, i) for i in range(n))
 
     while k > 0 and spent(k) > total:
         k -= 1
