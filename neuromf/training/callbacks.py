@@ -109,6 +109,14 @@ class DiagnosticsLogger(pl.Callback):
         return {"train/jvp_t_norm": float(rms_norm(du_dt_t)), "train/jvp_z_norm": float(rms_norm(du_dt_z))}
 
 
+def _last_validation(trainer) -> bool:
+    """The validation of the final weights: a step-limited run (a budget: max_steps, validations mid-epoch) at its
+    last step, or an epoch-limited one in its last epoch."""
+    if trainer.max_steps and trainer.max_steps > 0:
+        return trainer.global_step >= trainer.max_steps
+    return trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+
+
 class SampleCollector(pl.Callback):
     """Every `every_n_epochs` (at validation end), samples the same seeded noise at each NFE in `nfe_list`,
     with EMA weights when `use_ema`; saves latents (.pt), decoded NIfTI and tri-planar PNGs under
@@ -135,7 +143,7 @@ class SampleCollector(pl.Callback):
         return (
             not trainer.sanity_checking
             and trainer.is_global_zero
-            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or _last_validation(trainer))
         )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
