@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,31 @@ def dataset(n: int = 256, minority: float = 0.375, noise: float = 0.1, seed: int
     labels = labels[torch.randperm(n, generator=g)]
     x = templates()[labels] + noise * torch.randn((n, 1, SIZE, SIZE, SIZE), generator=g)
     return x, labels
+
+
+def write_store(out_dir, n: int = 256, minority: float = 0.375, noise: float = 0.1, seed: int = 0) -> Path:
+    """`dataset` as a latent store (manifest.csv, stats.json, one safetensors file per volume; identity encoder,
+    1 x 16^3), so the trainer and its sweeps run on it: `python -m neuromf.train -m sweep=objectives data=latents
+    data.latent_dir=<out_dir> ...` (benchmarks/objectives_table.py). The subject id carries the mode: m0-... / m1-...."""
+    import numpy as np
+
+    from neuromf.data.encoders import IdentityEncoder
+    from neuromf.data.store import finalize_store, manifest_row, write_latent
+
+    out = Path(out_dir)
+    if (out / "stats.json").is_file():
+        raise FileExistsError(f"{out} already holds a latent store")
+    x, labels = dataset(n, minority, noise, seed)
+    rows = []
+    for i, (volume, k) in enumerate(zip(x, labels.tolist())):
+        subject = f"m{k}-{i:04d}"
+        rel = f"latents/{subject}.safetensors"
+        write_latent(out / rel, volume, np.eye(4), {"subject": subject, "source_path": "two-mode", "encoder": "identity"})
+        rows.append(manifest_row(subject, "two_mode", f"mode{k}", "two-mode", rel, volume))
+    encoder = IdentityEncoder(image_shape=(SIZE,) * 3)
+    spec = {"two_mode": {"n": n, "minority": minority, "noise": noise, "seed": seed, "size": SIZE}}
+    finalize_store(out, rows, encoder.config(), spec, scale_factor=1.0)
+    return out
 
 
 def assign(x: Tensor, tmpl: Tensor) -> tuple[Tensor, Tensor]:
@@ -265,7 +291,11 @@ def main(argv=None) -> None:
         help="equal compute: each setting's steps from the FLOPs of this many FM steps",
     )
     p.add_argument("--json", default=None, help="append one JSON line per run to this file")
+    p.add_argument("--write-store", default=None, metavar="DIR", help="write the data as a latent store and exit")
     a = p.parse_args(argv)
+    if a.write_store:
+        print(f"two-mode latent store: {write_store(a.write_store)}")
+        return
     torch.set_num_threads(a.threads)
     rows = []
     for name in a.settings.split(","):

@@ -1,0 +1,165 @@
+"""The per-objective table of a `sweep=objectives` sweep dir (README, One-step objectives).
+
+    python benchmarks/objectives_table.py SWEEP_DIR [--two-mode] [--out table.md]
+
+For every `loss=` arm (runs pooled over their seeds): the steps its equal-compute budget bought and its counted
+step cost against flow matching (budget.json), the final validation's 1-step objective (val/feat3d_fd/nfe1) as the
+mean over seeds with a t-interval and each seed's own evaluation interval (bootstrap over samples), against the
+data's reference levels (real floor, collapsed: one volume repeated), the multi-step values, and 1-step recall /
+coverage. With --two-mode (a sweep on benchmarks/mode_balance.py's two-mode store, `--write-store`): the 1- and
+4-step minority share of 64 samples from fixed noise, drawn here from each run's final EMA weights
+(checkpoints/last.ckpt) with the objective's sampler and assigned to the nearer template, as mode_balance.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from neuromf.report.core import t_interval  # noqa: E402
+from neuromf.run_dir import RunDir  # noqa: E402
+
+KEY = "val/feat3d_fd"
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name))
+
+
+def overrides(run: Path) -> dict[str, str]:
+    lines = yaml.safe_load(RunDir(run).overrides.read_text()) or []
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def minority_shares(run: Path, nfe_list=(1, 4), n: int = 64, seed: int = 1234) -> dict[str, float]:
+    """Minority share of n samples from fixed noise at each nfe, from the run's final EMA weights."""
+    from mode_balance import SIZE, assign, templates
+
+    from neuromf.meanflow import noise_like, sample
+    from neuromf.meanflow.registry import sampler_of
+    from neuromf.tracking.checkpoint_network import load_network
+
+    net, hparams = load_network(RunDir(run).last_checkpoint, use_ema=True)
+    kind = sampler_of(hparams.get("loss"))
+    eps = noise_like((n, 1, SIZE, SIZE, SIZE), seed)
+    out = {}
+    for nfe in nfe_list:
+        mode, _ = assign(sample(net, eps, nfe, sampler=kind), templates())
+        out[f"share{nfe}"] = float(mode.float().mean())
+    return out
+
+
+def read_run(run: Path, two_mode: bool) -> dict | None:
+    rd = RunDir(run)
+    if not rd.eval_summary.is_file() or not rd.budget.is_file():
+        return None
+    summary = json.loads(rd.eval_summary.read_text())
+    budget = json.loads(rd.budget.read_text())
+    last, ref = summary.get("last") or {}, summary.get("reference") or {}
+    ov = overrides(run)
+    row = {
+        "loss": ov.get("loss", "imf"),
+        "seed": int(ov.get("seed", 0)),
+        "steps": budget["steps"],
+        # mean FLOPs of a step against an FM step over the run (phases of a schedule cost differently)
+        "cost": budget["budget_flops"] / budget["fm_step_flops"] / budget["budget_steps"],
+        "phases": budget.get("step_cost_vs_fm", {}),
+        "ref_real": (ref.get("feat3d_fd") or {}).get("real"),
+        "ref_collapsed": (ref.get("feat3d_fd") or {}).get("collapsed"),
+    }
+    for nfe in (1, 2, 4, 10, 50):
+        row[f"fd{nfe}"] = last.get(f"{KEY}/nfe{nfe}")
+    row["lo1"], row["hi1"] = last.get(f"{KEY}/nfe1_ci_lo"), last.get(f"{KEY}/nfe1_ci_hi")
+    for m in ("recall", "coverage"):
+        row[f"{m}1"] = last.get(f"val/{m}/nfe1")
+    if two_mode:
+        row.update(minority_shares(run))
+    return row
+
+
+def fmt_mean(values, digits: int = 3) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    mean = float(np.mean(vals))
+    if len(vals) < 2:
+        return f"{mean:.{digits}f}"
+    lo, hi = t_interval(vals)
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def table(rows: list[dict], two_mode: bool) -> str:
+    by_loss: dict[str, list[dict]] = {}
+    for r in rows:
+        by_loss.setdefault(r["loss"], []).append(r)
+    order = sorted(by_loss, key=lambda k: np.mean([r["fd1"] for r in by_loss[k]]))
+    real = np.nanmean([r["ref_real"] for r in rows if r["ref_real"] is not None])
+    collapsed = np.nanmean([r["ref_collapsed"] for r in rows if r["ref_collapsed"] is not None])
+    head = ["loss=", "n", "steps", "step cost / FM", "1-step FD, mean [t 95 %]", "seeds' eval 95 % CI",
+            "below collapsed", "10-step", "50-step", "1-step recall", "1-step coverage"]  # fmt: skip
+    if two_mode:
+        head += ["1-step minority share", "4-step minority share"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for loss in order:
+        rs = sorted(by_loss[loss], key=lambda r: r["seed"])
+        cis = "; ".join(f"{r['fd1']:.2f} [{r['lo1']:.2f}, {r['hi1']:.2f}]" for r in rs if r["lo1"] is not None)
+        below = sum(1 for r in rs if r["hi1"] is not None and r["hi1"] < r["ref_collapsed"])
+        cols = [
+            loss,
+            str(len(rs)),
+            "/".join(sorted({str(r["steps"]) for r in rs})),
+            f"{np.mean([r['cost'] for r in rs]):.2f}",
+            fmt_mean([r["fd1"] for r in rs]),
+            cis,
+            f"{below} of {len(rs)} seeds",
+            fmt_mean([r["fd10"] for r in rs]),
+            fmt_mean([r["fd50"] for r in rs]),
+            fmt_mean([r["recall1"] for r in rs], 2),
+            fmt_mean([r["coverage1"] for r in rs], 2),
+        ]
+        if two_mode:
+            cols += [fmt_mean([r["share1"] for r in rs], 2), fmt_mean([r["share4"] for r in rs], 2)]
+        lines.append("| " + " | ".join(cols) + " |")
+    lines.append("")
+    lines.append(
+        f"Reference levels of val/feat3d_fd (this data): real floor {real:.3f}, collapsed {collapsed:.3f}. "
+        "'below collapsed': seeds whose 1-step evaluation interval lies wholly below the collapsed level."
+    )
+    if two_mode:
+        lines.append("Minority share of the data: 0.375 (mode_balance.py).")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--two-mode", action="store_true", help="also the minority shares (two-mode store sweeps)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
+    p.add_argument("--json", type=Path, default=None, help="also write the per-run rows here")
+    a = p.parse_args(argv)
+    if not a.sweep_dir.is_dir():
+        print(f"error: {a.sweep_dir}: not a sweep dir", file=sys.stderr)
+        return 2
+    rows = [r for run in run_dirs(a.sweep_dir) if (r := read_run(run, a.two_mode)) is not None]
+    if not rows:
+        print(f"error: {a.sweep_dir}: no finished run (eval/summary.json and budget.json)", file=sys.stderr)
+        return 2
+    text = table(rows, a.two_mode)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
