@@ -34,7 +34,7 @@ def A(x: str) -> str:
 
 def make_step_run(
     run_dir, arm: str, seed: int, fd: dict[int, float], hours: float = 1.0, devices: int = 1, target: str = "",
-    eval_seed: int = 0,
+    eval_seed: int = 0, refs: dict = REFS,
 ):  # fmt: skip
     """A completed run evaluated at 1, 2 and 4 steps (val/feat3d_fd/nfeN, val/recall/nfeN), with the reference
     levels, its W&B runtime and its devices."""
@@ -49,14 +49,14 @@ def make_step_run(
     nfes = sorted(fd)
     cols = ["step", "epoch", "train/loss_u"]
     cols += [f"val/feat3d_fd/nfe{n}" for n in nfes] + [f"val/recall/nfe{n}" for n in nfes]
-    cols += [f"ref/feat3d_fd/{k}" for k in REFS]
+    cols += [f"ref/feat3d_fd/{k}" for k in refs]
     lines = [",".join(cols)]
     rng = np.random.default_rng(seed)
     for step in range(0, 40):
         lines.append(f"{step},0,{2.0 / (1 + step) + 0.05 * rng.random()}" + "," * (len(cols) - 3))
         if step in (19, 39):
             worse = 0.3 if step == 19 else 0.0  # the last validation is the best
-            vals = [fd[n] + worse for n in nfes] + [0.5 + 0.05 * n for n in nfes] + list(REFS.values())
+            vals = [fd[n] + worse for n in nfes] + [0.5 + 0.05 * n for n in nfes] + list(refs.values())
             lines.append(f"{step},0,," + ",".join(str(v) for v in vals))
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
     status = {"status": "completed", "objective_key": OBJ, "objective": fd[nfes[0]], "global_step": 39}
@@ -229,6 +229,30 @@ def test_flow_matching_arm_is_the_multi_step_level(tmp_path):
         make_step_run(sd / str(job), arm, seed, fd, target="neuromf.meanflow.FlowMatchingObjective" * (arm == "fm"))
     md = (build_report([sd], real=False)["out"] / "report.md").read_text()
     assert f"Multi-step reference: the flow-matching arm {A('fm')} at 4 steps, 1.05 (dashed)" in md
+
+
+@pytest.mark.parametrize(
+    "collapsed, fm_4, expected",
+    [
+        (1.5, {0: 1.4, 1: 1.6, 2: 1.5}, "The budget is the limit: even the flow-matching arm"),  # fm interval spans 1.5
+        (1.5, {0: 1.0, 1: 1.1, 2: 1.05}, "The objective is the limit: the flow-matching arm"),  # fm clears, 1 step does not
+        (2.0, {0: 1.0, 1: 1.1, 2: 1.05}, "One-step sampling learns more than the mean volume here"),  # a's 1 step clears 2.0
+    ],
+)
+def test_the_verdict_says_whether_the_objective_or_the_budget_is_the_limit(tmp_path, collapsed, fm_4, expected):
+    sd = tmp_path / "sweep"
+    refs = {"real": 0.5, "collapsed": collapsed, "noise": 23.0}
+    runs = [("a", s, FD["a"][s]) for s in (0, 1, 2)] + [("fm", s, {1: 3.0, 2: 2.0, 4: fm_4[s]}) for s in (0, 1, 2)]
+    for job, (arm, seed, fd) in enumerate(runs):
+        target = "neuromf.meanflow.FlowMatchingObjective" * (arm == "fm")
+        make_step_run(sd / str(job), arm, seed, fd, target=target, refs=refs)
+    out = build_report([sd], real=False)["out"]
+    text = json.loads((out / "summary.json").read_text())["verdict"]["limit"]
+    # a at 1 step: 1.59, 1.61, 1.63 -> mean 1.61, t-interval 1.61 -+ t(0.975, 2) 0.02 / sqrt(3) = [1.560, 1.660]
+    half = stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)
+    assert text.startswith(f"At 1 step the best arm is {A('a')}, 1.61 [{1.61 - half:.4g}, {1.61 + half:.4g}; 95% t-")
+    assert f"against the collapsed level {collapsed:.4g}" in text and expected in text
+    assert text in (out / "report.md").read_text()
 
 
 def test_reference_lines_named_on_narrow_panels_once_per_value():

@@ -15,6 +15,7 @@ from scipy import stats
 from neuromf.report.core import CONFIDENCE, compare, holm, t_interval
 from neuromf.tracking.keys import metric_base
 
+FM = "FlowMatchingObjective"  # loss._target_ of the flow-matching arm: the multi-step reference level
 NO_SPREAD = "n = 1: no spread, cannot tell"
 MAX_SEEDS = 1000  # seeds_to_resolve searches up to this n
 
@@ -174,3 +175,86 @@ def one_step_gap(ctx) -> dict[str, float]:
     if lo is None or hi is None:
         return {}
     return {a: (x / y if y else math.nan) for a, x, y in zip(ctx.arms_df["arm"], lo, hi, strict=True)}
+
+
+def fm_arms(ctx) -> list[str]:
+    """The arms trained with plain flow matching (``loss=fm``): their multi-step value is the level a one-step arm
+    is compared with."""
+    out = []
+    for r, arm in zip(ctx.records, ctx.arms, strict=True):
+        target = str(((r.config or {}).get("loss") or {}).get("_target_") or "")
+        if target.endswith(FM) and arm not in out:
+            out.append(arm)
+    return out
+
+
+def fm_level(ctx, table) -> tuple[str, int, float] | None:
+    """(arm, step count, mean) of the flow-matching arm at its largest evaluated step count, or None."""
+    for arm in fm_arms(ctx):
+        g = table[table["arm"] == arm]
+        if len(g):
+            row = g.loc[g["nfe"].idxmax()]
+            return arm, int(row["nfe"]), float(row["mean"])
+    return None
+
+
+def arm_interval(ctx, arm: str, nfe: int) -> tuple[float, float, float, str] | None:
+    """(mean, lo, hi, what the interval is) of ``arm`` at ``nfe`` steps: the t-interval over its seeds when it has
+    two or more, else its single run's evaluation interval (bootstrap over its samples); None when neither."""
+    key = step_key(ctx.metric, nfe)
+    vals = values_by_arm(ctx.runs, step_column(ctx.runs, ctx.metric, nfe)).get(arm)
+    if not vals:
+        return None
+    x = np.array(list(vals.values()), float)
+    if len(x) >= 2:
+        lo, hi = t_interval(x)
+        return float(x.mean()), lo, hi, f"{CONFIDENCE:.0%} t-interval over {len(x)} seeds"
+    from neuromf.tracking.metrics import run_interval
+
+    for r in ctx.members(arm):
+        iv = run_interval(r, key, ctx.mode)
+        if iv is not None and iv.get("ci_lo") is not None and iv.get("ci_hi") is not None:
+            return float(x[0]), iv["ci_lo"], iv["ci_hi"], "the run's evaluation interval"
+    return None
+
+
+def limit(ctx) -> str | None:
+    """What limits the sweep at one step, from the collapsed reference level (one training volume repeated: the
+    mean-brain sampler) and the flow-matching arm's multi-step level: the budget (not even multi-step flow matching
+    gets past the collapsed level by more than its interval), the objective (flow matching does, no arm at 1 step
+    does) or neither (an arm at 1 step does). None without a collapsed level or a 1-step value."""
+    collapsed = ctx.obj_refs.get("collapsed")
+    counts = step_counts(ctx.runs, ctx.metric)
+    if collapsed is None or not math.isfinite(collapsed) or 1 not in counts:
+        return None
+
+    def clears(iv) -> bool:  # the whole interval on the good side of the collapsed level
+        return iv is not None and (iv[2] < collapsed if ctx.mode == "min" else iv[1] > collapsed)
+
+    def show(iv) -> str:
+        return f"{iv[0]:.4g} [{iv[1]:.4g}, {iv[2]:.4g}; {iv[3]}]"
+
+    ones = {a: iv for a in ctx.arms_df["arm"] if (iv := arm_interval(ctx, a, 1)) is not None}
+    if not ones:
+        return None
+    best = (min if ctx.mode == "min" else max)(ones, key=lambda a: ones[a][0])
+    head = f"At 1 step the best arm is {best}, {show(ones[best])}, against the collapsed level {collapsed:.4g}. "
+    level = fm_level(ctx, step_table(ctx))
+    fm = arm_interval(ctx, level[0], level[1]) if level is not None else None
+    if clears(ones[best]):
+        return head + "One-step sampling learns more than the mean volume here: its interval clears the collapsed level."
+    if fm is None:
+        return head + (
+            "No arm's 1-step interval clears the collapsed level. Add the flow-matching arm (loss=fm) to tell whether "
+            "the objective or the training budget is the limit."
+        )
+    fm_text = f"the flow-matching arm {level[0]} with {level[1]} steps scores {show(fm)}"
+    if clears(fm):
+        return head + (
+            f"The objective is the limit: {fm_text}, clear of the collapsed level, while no arm's 1-step interval is."
+        )
+    return head + (
+        f"The budget is the limit: even {fm_text}, not clear of the collapsed level, so at this compute no objective "
+        "learns more than the mean volume and the ranking of the arms says little. Train longer (a larger "
+        "budget.fm_steps; the CPU demo: experiment=demo_long)."
+    )

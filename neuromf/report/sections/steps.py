@@ -6,34 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from neuromf.report.core import CONFIDENCE, FIG_WIDTH, draw_refs, figure_style, short
-from neuromf.report.quality import step_counts, step_table
+from neuromf.report.quality import fm_level, step_counts, step_table
 from neuromf.tracking.keys import metric_base
 
 EXTRA = ("recall", "coverage")  # drawn beside the objective where the runs logged them
-FM = "FlowMatchingObjective"  # loss._target_ of the flow-matching arm: the multi-step reference level
-
-
-def fm_arms(ctx) -> list[str]:
-    """The arms trained with plain flow matching (``loss=fm``): their multi-step value is the level a one-step arm
-    is compared with."""
-    out = []
-    for r, arm in zip(ctx.records, ctx.arms, strict=True):
-        target = str(((r.config or {}).get("loss") or {}).get("_target_") or "")
-        if target.endswith(FM) and arm not in out:
-            out.append(arm)
-    return out
-
-
-def fm_level(ctx, table) -> tuple[str, int, float] | None:
-    """(arm, step count, mean) of the flow-matching arm at its largest evaluated step count, or None."""
-    for arm in fm_arms(ctx):
-        g = table[table["arm"] == arm]
-        if len(g):
-            row = g.loc[g["nfe"].idxmax()]
-            return arm, int(row["nfe"]), float(row["mean"])
-    return None
-
-
 def plot_steps(ctx, path: Path) -> bool:
     import matplotlib.pyplot as plt
     import numpy as np

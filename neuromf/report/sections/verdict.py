@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from neuromf.report.core import CONFIDENCE, FIG_WIDTH, figure_style, short
-from neuromf.report.quality import verdict
+from neuromf.report.quality import limit, verdict
 
 
 def plot_verdict(steps: list, mode: str, path: Path, order: list[str]) -> bool:
@@ -61,6 +61,10 @@ def blocks(ctx) -> list:
         "steps": [{"nfe": nfe, **{k: c[k] for k in ("best", "mean", "n", "rows")}} for nfe, c in v["steps"]],
     }
     out = [("h2", "Verdict"), ("p", v["text"])]
+    what_limits = limit(ctx)
+    ctx.extra["verdict"]["limit"] = what_limits
+    if what_limits:
+        out.append(("p", what_limits))
     if plot_verdict(v["steps"], ctx.mode, ctx.tmp / "verdict.png", list(ctx.arms_df["arm"])):
         out.append(("img", "Each arm's difference from the best arm (verdict)", ctx.tmp / "verdict.png"))
     return out
