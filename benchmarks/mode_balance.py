@@ -125,7 +125,7 @@ def dataset(n: int = 256, minority: float = 0.375, noise: float = 0.1, seed: int
 def write_store(out_dir, n: int = 256, minority: float = 0.375, noise: float = 0.1, seed: int = 0) -> Path:
     """`dataset` as a latent store (manifest.csv, stats.json, one safetensors file per volume; identity encoder,
     1 x 16^3), so the trainer and its sweeps run on it: `python -m neuromf.train -m sweep=objectives data=latents
-    data.latent_dir=<out_dir> ...` (benchmarks/objectives_table.py). The subject id carries the mode: m0-... / m1-...."""
+    data.latent_dir=<out_dir> ...` (benchmarks/objectives_table.py). A subject id carries its mode: m0-... / m1-..."""
     import numpy as np
 
     from neuromf.data.encoders import IdentityEncoder
@@ -139,7 +139,8 @@ def write_store(out_dir, n: int = 256, minority: float = 0.375, noise: float = 0
     for i, (volume, k) in enumerate(zip(x, labels.tolist())):
         subject = f"m{k}-{i:04d}"
         rel = f"latents/{subject}.safetensors"
-        write_latent(out / rel, volume, np.eye(4), {"subject": subject, "source_path": "two-mode", "encoder": "identity"})
+        meta = {"subject": subject, "source_path": "two-mode", "encoder": "identity"}
+        write_latent(out / rel, volume, np.eye(4), meta)
         rows.append(manifest_row(subject, "two_mode", f"mode{k}", "two-mode", rel, volume))
     encoder = IdentityEncoder(image_shape=(SIZE,) * 3)
     spec = {"two_mode": {"n": n, "minority": minority, "noise": noise, "seed": seed, "size": SIZE}}

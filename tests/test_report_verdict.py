@@ -234,9 +234,9 @@ def test_flow_matching_arm_is_the_multi_step_level(tmp_path):
 @pytest.mark.parametrize(
     "collapsed, fm_4, expected",
     [
-        (1.5, {0: 1.4, 1: 1.6, 2: 1.5}, "The budget is the limit: even the flow-matching arm"),  # fm interval spans 1.5
-        (1.5, {0: 1.0, 1: 1.1, 2: 1.05}, "The objective is the limit: the flow-matching arm"),  # fm clears, 1 step does not
-        (2.0, {0: 1.0, 1: 1.1, 2: 1.05}, "One-step sampling learns more than the mean volume here"),  # a's 1 step clears 2.0
+        (1.5, {0: 1.4, 1: 1.6, 2: 1.5}, "The budget is the limit: even the flow-matching arm"),  # fm spans 1.5
+        (1.5, {0: 1.0, 1: 1.1, 2: 1.05}, "The objective is the limit: the flow-matching arm"),  # only fm clears
+        (2.0, {0: 1.0, 1: 1.1, 2: 1.05}, "One-step sampling learns more than the mean volume"),  # a clears 2.0
     ],
 )
 def test_the_verdict_says_whether_the_objective_or_the_budget_is_the_limit(tmp_path, collapsed, fm_4, expected):

@@ -242,7 +242,7 @@ def limit(ctx) -> str | None:
     level = fm_level(ctx, step_table(ctx))
     fm = arm_interval(ctx, level[0], level[1]) if level is not None else None
     if clears(ones[best]):
-        return head + "One-step sampling learns more than the mean volume here: its interval clears the collapsed level."
+        return head + "One-step sampling learns more than the mean volume here: its interval clears that level."
     if fm is None:
         return head + (
             "No arm's 1-step interval clears the collapsed level. Add the flow-matching arm (loss=fm) to tell whether "

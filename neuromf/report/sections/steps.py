@@ -10,6 +10,8 @@ from neuromf.report.quality import fm_level, step_counts, step_table
 from neuromf.tracking.keys import metric_base
 
 EXTRA = ("recall", "coverage")  # drawn beside the objective where the runs logged them
+
+
 def plot_steps(ctx, path: Path) -> bool:
     import matplotlib.pyplot as plt
     import numpy as np
