@@ -21,11 +21,12 @@ install: $(STAMP)
 
 DEMO_SWEEP ?= outputs/sweeps/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-# The main job: a small real sweep (iMF vs plain MeanFlow) on the bundled real-brain demo data, W&B offline,
-# then the ablation report. Results: $(DEMO_SWEEP)/ (runs 0/ and 1/, sweep_summary.csv, report/report.html).
+# The main job: a small real sweep (iMF vs the best one-step objective vs flow matching, at equal training compute)
+# on the bundled real-brain demo data, W&B offline, then the ablation report. The three arms run at once, one
+# thread each. Results: $(DEMO_SWEEP)/ (runs 0/ 1/ 2/, sweep_summary.csv, report/report.html).
 demo: $(STAMP)
 	$(PY) -m neuromf.data.demo
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m neuromf.train -m sweep=demo hydra.sweep.dir=$(DEMO_SWEEP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m neuromf.train -m sweep=demo hydra.launcher.max_parallel=3 hydra.sweep.dir=$(DEMO_SWEEP)
 	$(PY) -m neuromf.report $(DEMO_SWEEP)
 	@echo; echo "Demo results: $(DEMO_SWEEP)"; echo "  report:  $(DEMO_SWEEP)/report/report.html (and report.md)"; \
 	  echo "  arms:    $(DEMO_SWEEP)/sweep_summary.csv"; echo "  samples: $(DEMO_SWEEP)/<arm>/samples/  W&B offline runs: $(DEMO_SWEEP)/<arm>/wandb/"

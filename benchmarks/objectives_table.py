@@ -1,9 +1,10 @@
 """The per-objective table of a `sweep=objectives` sweep dir (README, One-step objectives).
 
-    python benchmarks/objectives_table.py SWEEP_DIR [--two-mode] [--out table.md]
+    python benchmarks/objectives_table.py SWEEP_DIR [SWEEP_DIR ...] [--two-mode] [--out table.md]
 
-For every `loss=` arm (runs pooled over their seeds): the steps its equal-compute budget bought and its counted
-step cost against flow matching (budget.json), the final validation's 1-step objective (val/feat3d_fd/nfe1) as the
+For every `loss=` arm (runs pooled over their seeds; with several sweep dirs, an override that not every run shares
+is part of the arm's name, e.g. `fm loss.time_sampler.distribution=uniform`): the steps its equal-compute budget
+bought and its counted step cost against flow matching (budget.json), the final validation's 1-step objective (val/feat3d_fd/nfe1) as the
 mean over seeds with a t-interval and each seed's own evaluation interval (bootstrap over samples), against the
 data's reference levels (real floor, collapsed: one volume repeated), the multi-step values, and 1-step recall /
 coverage. With --two-mode (a sweep on benchmarks/mode_balance.py's two-mode store, `--write-store`): the 1- and
@@ -66,6 +67,7 @@ def read_run(run: Path, two_mode: bool) -> dict | None:
     last, ref = summary.get("last") or {}, summary.get("reference") or {}
     ov = overrides(run)
     row = {
+        "overrides": ov,
         "loss": ov.get("loss", "imf"),
         "seed": int(ov.get("seed", 0)),
         "steps": budget["steps"],
@@ -83,6 +85,15 @@ def read_run(run: Path, two_mode: bool) -> dict | None:
     if two_mode:
         row.update(minority_shares(run))
     return row
+
+
+def name_arms(rows: list[dict]) -> None:
+    """Each row's arm: its loss, and the overrides (other than loss and seed) that not every run shares."""
+    items = [set(r["overrides"].items()) for r in rows]
+    common = set.intersection(*items) if items else set()
+    for r, its in zip(rows, items, strict=True):
+        extra = sorted(f"{k}={v}" for k, v in its - common if k not in ("loss", "seed"))
+        r["loss"] = " ".join([r["loss"], *extra])
 
 
 def fmt_mean(values, digits: int = 3) -> str:
@@ -140,18 +151,21 @@ def table(rows: list[dict], two_mode: bool) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("sweep_dirs", type=Path, nargs="+")
     p.add_argument("--two-mode", action="store_true", help="also the minority shares (two-mode store sweeps)")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     p.add_argument("--json", type=Path, default=None, help="also write the per-run rows here")
     a = p.parse_args(argv)
-    if not a.sweep_dir.is_dir():
-        print(f"error: {a.sweep_dir}: not a sweep dir", file=sys.stderr)
-        return 2
-    rows = [r for run in run_dirs(a.sweep_dir) if (r := read_run(run, a.two_mode)) is not None]
+    for sd in a.sweep_dirs:
+        if not sd.is_dir():
+            print(f"error: {sd}: not a sweep dir", file=sys.stderr)
+            return 2
+    rows = [r for sd in a.sweep_dirs for run in run_dirs(sd) if (r := read_run(run, a.two_mode)) is not None]
     if not rows:
-        print(f"error: {a.sweep_dir}: no finished run (eval/summary.json and budget.json)", file=sys.stderr)
+        print(f"error: {' '.join(map(str, a.sweep_dirs))}: no finished run (eval/summary.json and budget.json)",
+              file=sys.stderr)  # fmt: skip
         return 2
+    name_arms(rows)
     text = table(rows, a.two_mode)
     print(text)
     if a.out:

@@ -29,16 +29,17 @@ mb = _load("mode_balance")
 COLLAPSED = 1.6
 
 
-def make_run(run_dir: Path, loss: str, seed: int, fd1: float, ci: tuple[float, float], steps: int, flops: float):
+def make_run(run_dir: Path, loss: str, seed: int, fd1: float, ci: tuple[float, float], steps: int, extra=()):
     (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "overrides.yaml").write_text(f"- loss={loss}\n- seed={seed}\n")
+    lines = [f"loss={loss}", f"seed={seed}", "sweep=objectives", *extra]
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {x}\n" for x in lines))
     last = {"val/feat3d_fd/nfe1": fd1, "val/feat3d_fd/nfe1_ci_lo": ci[0], "val/feat3d_fd/nfe1_ci_hi": ci[1]}
     last |= {"val/feat3d_fd/nfe10": fd1 - 0.5, "val/recall/nfe1": 0.25, "val/coverage/nfe1": 0.5}
     summary = {"last": last, "reference": {"feat3d_fd": {"real": 0.5, "collapsed": COLLAPSED}}}
     (run_dir / "eval").mkdir()
     (run_dir / "eval" / "summary.json").write_text(json.dumps(summary))
     budget = {"steps": steps, "budget_steps": steps, "budget_flops": 300.0 * 10, "fm_step_flops": 10}
-    (run_dir / "budget.json").write_text(json.dumps(budget | {"step_cost_vs_fm": {"all": flops}}))
+    (run_dir / "budget.json").write_text(json.dumps(budget | {"step_cost_vs_fm": {"all": 300 / steps}}))
 
 
 def test_the_table_pools_each_objective_over_its_seeds(tmp_path, capsys):
@@ -46,7 +47,7 @@ def test_the_table_pools_each_objective_over_its_seeds(tmp_path, capsys):
     runs = [("fm", 0, 1.70, (1.65, 1.75), 300), ("fm", 1, 1.72, (1.66, 1.80), 300), ("fm", 2, 1.74, (1.7, 1.8), 300)]
     runs += [("alphaflow", 0, 1.40, (1.35, 1.45), 200), ("alphaflow", 1, 1.50, (1.45, 1.62), 200)]
     for job, (loss, seed, fd1, ci, steps) in enumerate(runs):
-        make_run(sd / str(job), loss, seed, fd1, ci, steps, 300 / steps)
+        make_run(sd / str(job), loss, seed, fd1, ci, steps)
     (sd / "9").mkdir()  # an unfinished run: left out
     assert table_mod.main([str(sd), "--out", str(tmp_path / "t.md")]) == 0
     lines = (tmp_path / "t.md").read_text().splitlines()
@@ -60,6 +61,12 @@ def test_the_table_pools_each_objective_over_its_seeds(tmp_path, capsys):
     assert "collapsed 1.600" in lines[-1]
     assert table_mod.main([str(tmp_path / "none")]) == 2
     assert "not a sweep dir" in capsys.readouterr().err
+    # a second sweep dir of the same loss with an override: its own arm, named by what only it sets
+    make_run(tmp_path / "fmu" / "0", "fm", 0, 1.3, (1.2, 1.4), 300, extra=["loss.time_sampler.distribution=uniform"])
+    assert table_mod.main([str(sd), str(tmp_path / "fmu"), "--out", str(tmp_path / "t2.md")]) == 0
+    lines = (tmp_path / "t2.md").read_text().splitlines()
+    names = [line.split(" | ")[0] for line in lines if line.startswith(("| a", "| f"))]
+    assert names == ["| fm loss.time_sampler.distribution=uniform", "| alphaflow", "| fm"]
 
 
 def test_the_two_mode_data_as_a_latent_store(tmp_path):

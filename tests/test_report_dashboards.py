@@ -70,9 +70,10 @@ def test_arms_fall_into_different_groups(built):
 
 
 def test_sweep_by_name_resolves_group_overrides():
-    plan = sweep_plan(sweep="demo")
+    plan = sweep_plan(sweep="v_head")
     # by name: every launch of the sweep (its sweep_name); a launched sweep dir: that launch's W&B group
-    assert plan["arm_keys"] == ("model.use_v_head",) and plan["sweep_name"] == "demo" and plan["group"] is None
+    assert plan["arm_keys"] == ("model.use_v_head", "model.v_head_num_res_blocks")
+    assert plan["sweep_name"] == "v_head" and plan["group"] is None
     assert sweep_plan(sweep_dir=RECORDED)["group"].startswith("demo/")
     assert "train/loss_v" in plan["keys"] and "train/peak_mem_gb" not in plan["keys"]
     assert varying_keys([{"a": {"b": 1}, "seed": 0}, {"a": {"b": 2}, "seed": 1}]) == ["a.b"]
@@ -129,7 +130,6 @@ SWEEP_ARM_KEYS = {
         "loss.schedule",
         "loss.schedule_unit",
         "loss.time_sampler.data_proportion",
-        "loss.time_sampler.distribution",  # fm draws logit-normal t, the others uniform pairs
         "model.use_v_head",
     ),  # fmt: skip
     "time_sampling": ("loss.time_sampler.distribution",),

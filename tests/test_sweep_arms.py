@@ -194,8 +194,9 @@ def test_every_preset_and_data_option_fixes_the_split_apart_from_the_run_seed(pr
 def test_the_production_time_sampler_is_uniform_pairs_under_every_preset(preset):
     """Measured (README, Time sampling): uniform (r, t) pairs keep the mode shares and the demo's 1-step objective
     where logit-normal loses them, so every MeanFlow-family objective draws uniform pairs by default, under every
-    preset; flow matching (r = t only, its multi-step reference) keeps logit-normal t."""
+    preset, and flow matching (r = t only, their multi-step reference) uniform t: logit-normal left its Euler start
+    at t = 1 untrained (README, One-step objectives)."""
     base = [f"experiment={preset}"] if preset else []
     for loss in ("imf", "meanflow", "alphaflow", "fm_warmstart", "imf_schedule", "splitmeanflow", "fm"):
         got = _compose([*base, f"loss={loss}"]).loss.time_sampler.distribution
-        assert got == ("logit_normal" if loss == "fm" else "uniform"), f"experiment={preset} loss={loss}: {got}"
+        assert got == "uniform", f"experiment={preset} loss={loss}: {got}"
