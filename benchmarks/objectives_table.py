@@ -5,11 +5,12 @@
 For every `loss=` arm (runs pooled over their seeds; with several sweep dirs, an override that not every run shares
 is part of the arm's name, e.g. `fm loss.time_sampler.distribution=uniform`): the steps its equal-compute budget
 bought and its counted step cost against flow matching (budget.json), the final validation's 1-step objective
-(val/feat3d_fd/nfe1) as the mean over seeds with a t-interval and each seed's own evaluation interval (bootstrap over samples), against the
-data's reference levels (real floor, collapsed: one volume repeated), the multi-step values, and 1-step recall /
-coverage. With --two-mode (a sweep on benchmarks/mode_balance.py's two-mode store, `--write-store`): the 1- and
-4-step minority share of 64 samples from fixed noise, drawn here from each run's final EMA weights
-(checkpoints/last.ckpt) with the objective's sampler and assigned to the nearer template, as mode_balance.py does.
+(val/feat3d_fd/nfe1) as the mean over seeds with a t-interval and each seed's own evaluation interval (bootstrap
+over samples), against the data's reference levels (real floor, collapsed: one volume repeated), the multi-step
+values, and 1-step recall / coverage. With --two-mode (a sweep on benchmarks/mode_balance.py's two-mode store,
+`--write-store`): the 1- and 4-step minority share of 64 samples from fixed noise, drawn here from each run's final
+EMA weights (checkpoints/last.ckpt) with the objective's sampler and assigned to the nearer template, as
+mode_balance.py does.
 """
 
 from __future__ import annotations
