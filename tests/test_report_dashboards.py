@@ -106,7 +106,21 @@ def test_push_without_key_errors(monkeypatch, capsys):
 # `loss` resolved to the keys they set; Optuna ranges as they are); seeds and the derived `tag` never group.
 SWEEP_ARM_KEYS = {
     "conditioning": ("model.conditioning",),
-    "demo": ("model.use_v_head",),
+    "demo": (  # imf, alphaflow, fm: each one's own settings vary (absent in the others)
+        "loss._target_",
+        "loss.alpha_end",
+        "loss.alpha_start",
+        "loss.anneal_end",
+        "loss.anneal_start",
+        "loss.clamp",
+        "loss.gamma",
+        "loss.imf_v_loss",
+        "loss.norm_p",
+        "loss.schedule",
+        "loss.schedule_unit",
+        "loss.time_sampler.data_proportion",
+        "model.use_v_head",
+    ),  # fmt: skip
     "joint_optuna": ("loss.jvp", "loss.norm_p", "model.conditioning", "model.prediction_type", "optim.lr"),
     "lr": ("optim.lr",),
     "lr_optuna": ("optim.lr", "optim.beta2", "optim.warmup_steps"),
