@@ -116,7 +116,7 @@ def table(rows: list[dict], two_mode: bool) -> str:
     real = np.nanmean([r["ref_real"] for r in rows if r["ref_real"] is not None])
     collapsed = np.nanmean([r["ref_collapsed"] for r in rows if r["ref_collapsed"] is not None])
     multi = [n for n in (2, 4, 10, 50) if any(r[f"fd{n}"] is not None for r in rows)]  # the evaluated step counts
-    head = ["loss=", "n", "steps", "step cost / FM", "1-step FD, mean [t 95 %]", "seeds' eval 95 % CI",
+    head = ["loss=", "n", "steps", "mean step cost / FM", "1-step FD, mean [t 95 %]", "seeds' eval 95 % CI",
             "below collapsed", *(f"{n}-step FD" for n in multi), "1-step recall", "1-step coverage"]  # fmt: skip
     if two_mode:
         head += ["1-step minority share", "4-step minority share"]
