@@ -128,7 +128,7 @@ def test_dashboards_read_the_summary_holding_the_best_value(tmp_path, monkeypatc
     run = wandb.init(project="p", dir=str(tmp_path), mode="offline", settings=wandb.Settings(console="off"))
     summaries = define_metrics(run, cfg)
     # the objective: no summary option, its plain key set to the best value (ObjectiveSummary)
-    assert summaries["val/feat3d_fd/nfe1"] is None and summaries["val/feat3d_fd/nfe2"] == "min,last"
+    assert summaries["val/feat3d_fd/nfe1"] is None and summaries["val/feat3d_fd/nfe10"] == "min,last"
     assert summaries["ref/feat3d_fd/real"] is None
     tracker = ObjectiveSummary("val/feat3d_fd/nfe1", "min")
     values = {"min": [3.0, 1.0, 2.0], "max": [0.1, 0.5, 0.3], None: [5.0, 6.0, 7.0]}  # best at validation 2
@@ -143,7 +143,7 @@ def test_dashboards_read_the_summary_holding_the_best_value(tmp_path, monkeypatc
     res = subprocess.run([str(leet), "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True)
     summary = _flat(json.loads(res.stdout)["summary"])
     assert summary["val/feat3d_fd/nfe1"] == 1.0  # the plain objective key holds a number: the best value
-    assert summary["val/feat3d_fd/nfe2.min"] == 1.0 and summary["val/feat3d_fd/nfe2.last"] == 2.0
+    assert summary["val/feat3d_fd/nfe10.min"] == 1.0 and summary["val/feat3d_fd/nfe10.last"] == 2.0
     assert summary["val/coverage/nfe1.max"] == 0.5
     assert summary["ref/kid/real"] == 7.0  # no summary option: the bare key keeps the last value
 

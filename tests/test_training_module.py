@@ -208,6 +208,11 @@ def test_sample_collector_determinism_nfe_ema_and_epoch_skipping(tmp_path):
     col = SampleCollector(run_dir=str(tmp_path), every_n_epochs=2, num_samples=2, nfe_list=[1, 3], use_ema=True)
     assert not col.should_run(_collector_trainer(epoch=0)) and col.should_run(_collector_trainer(epoch=1))
     assert not col.should_run(_collector_trainer(epoch=1, rank0=False))  # rank guard
+    # the final weights are sampled whatever the epoch: a budget's last step (max_steps) or the last epoch
+    last_step = SimpleNamespace(**vars(_collector_trainer(epoch=2)), max_steps=20, max_epochs=-1)
+    assert col.should_run(last_step) and not col.should_run(SimpleNamespace(**{**vars(last_step), "max_steps": 40}))
+    last_epoch = SimpleNamespace(**vars(_collector_trainer(epoch=4)), max_steps=-1, max_epochs=5)
+    assert col.should_run(last_epoch) and not col.should_run(SimpleNamespace(**{**vars(last_epoch), "max_epochs": 9}))
     a = col.collect(_collector_trainer(1), module)
     b = {k: v.clone() for k, v in col.collect(_collector_trainer(1), module).items()}
     torch.testing.assert_close(a[1], b[1])  # same noise -> same samples

@@ -112,9 +112,10 @@ class DiagnosticsLogger(pl.Callback):
 def _last_validation(trainer) -> bool:
     """The validation of the final weights: a step-limited run (a budget: max_steps, validations mid-epoch) at its
     last step, or an epoch-limited one in its last epoch."""
-    if trainer.max_steps and trainer.max_steps > 0:
-        return trainer.global_step >= trainer.max_steps
-    return trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+    max_steps, max_epochs = getattr(trainer, "max_steps", None), getattr(trainer, "max_epochs", None)
+    if max_steps is not None and max_steps > 0:
+        return trainer.global_step >= max_steps
+    return max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs
 
 
 class SampleCollector(pl.Callback):
