@@ -198,23 +198,27 @@ def fm_level(ctx, table) -> tuple[str, int, float] | None:
     return None
 
 
-def arm_interval(ctx, arm: str, nfe: int) -> tuple[float, float, float, str] | None:
-    """(mean, lo, hi, what the interval is) of ``arm`` at ``nfe`` steps: the t-interval over its seeds when it has
-    two or more, else its single run's evaluation interval (bootstrap over its samples); None when neither."""
-    key = step_key(ctx.metric, nfe)
-    vals = values_by_arm(ctx.runs, step_column(ctx.runs, ctx.metric, nfe)).get(arm)
-    if not vals:
+def arm_interval(ctx, table: pd.DataFrame, arm: str, nfe: int) -> tuple[float, float, float, str] | None:
+    """(mean, lo, hi, what the interval is) of ``arm`` at ``nfe`` steps from ``step_table(ctx)``: its t-interval
+    over seeds when it has two or more, else its single run's evaluation interval (bootstrap over its samples);
+    None when neither."""
+    rows = table[(table["arm"] == arm) & (table["nfe"] == nfe)] if len(table) else table
+    if not len(rows):
         return None
-    x = np.array(list(vals.values()), float)
-    if len(x) >= 2:
-        lo, hi = t_interval(x)
-        return float(x.mean()), lo, hi, f"{CONFIDENCE:.0%} t-interval over {len(x)} seeds"
+    row = rows.iloc[0]
+    if row["n"] >= 2:
+        return (
+            float(row["mean"]),
+            float(row["lo"]),
+            float(row["hi"]),
+            f"{CONFIDENCE:.0%} t-interval over {row['n']} seeds",
+        )
     from neuromf.tracking.metrics import run_interval
 
     for r in ctx.members(arm):
-        iv = run_interval(r, key, ctx.mode)
+        iv = run_interval(r, step_key(ctx.metric, nfe), ctx.mode)
         if iv is not None and iv.get("ci_lo") is not None and iv.get("ci_hi") is not None:
-            return float(x[0]), iv["ci_lo"], iv["ci_hi"], "the run's evaluation interval"
+            return float(row["mean"]), iv["ci_lo"], iv["ci_hi"], "the run's evaluation interval"
     return None
 
 
@@ -234,13 +238,14 @@ def limit(ctx) -> str | None:
     def show(iv) -> str:
         return f"{iv[0]:.4g} [{iv[1]:.4g}, {iv[2]:.4g}; {iv[3]}]"
 
-    ones = {a: iv for a in ctx.arms_df["arm"] if (iv := arm_interval(ctx, a, 1)) is not None}
+    table = step_table(ctx)
+    ones = {a: iv for a in ctx.arms_df["arm"] if (iv := arm_interval(ctx, table, a, 1)) is not None}
     if not ones:
         return None
     best = (min if ctx.mode == "min" else max)(ones, key=lambda a: ones[a][0])
     head = f"At 1 step the best arm is {best}, {show(ones[best])}, against the collapsed level {collapsed:.4g}. "
-    level = fm_level(ctx, step_table(ctx))
-    fm = arm_interval(ctx, level[0], level[1]) if level is not None else None
+    level = fm_level(ctx, table)
+    fm = arm_interval(ctx, table, level[0], level[1]) if level is not None else None
     if clears(ones[best]):
         return head + "One-step sampling learns more than the mean volume here: its interval clears that level."
     if fm is None:
