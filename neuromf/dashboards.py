@@ -35,6 +35,7 @@ import wandb_workspaces.workspaces as ws
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from neuromf.config_compose import compose
 from neuromf.evaluation.registry import DEFAULT_OBJECTIVE, LEGACY_ALIASES, direction_word
 from neuromf.io_atomic import write_text_atomic
 from neuromf.meanflow.contract import JVP_PARTS
@@ -48,7 +49,6 @@ from neuromf.tracking.run import flat_config
 ARM_KEYS = ("model.prediction_type", "model.conditioning", "loss.norm_p", "optim.lr")
 DEFAULT_NFE = (1, 2, 5)
 X_AXIS = STEP_KEY
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 TRACKED_DIR = Path(__file__).resolve().parent.parent / "dashboards"  # the reviewed files: `build --refresh`
 DEFAULT_OUT = Path("build/dashboards")
 SMOOTHING = 0.6  # exponential moving average of the line plots (W&B's slider; the raw line is shown too)
@@ -111,28 +111,6 @@ def _line(title: str, keys: list[str]) -> wr.LinePlot:
 
 
 # ------------------------------------------------------------------------------------ sweep configs
-def compose(overrides: list[str]) -> dict:
-    """The resolved training config for ``overrides`` (Hydra compose API, with the hydra node)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    import neuromf.sweep  # noqa: F401  (registers the resumable_optuna sweeper schema the Optuna sweeps use)
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR):
-        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-        params = cfg.hydra.sweeper.get("params")  # None without a sweep
-        sweeper = OmegaConf.to_container(params, resolve=False) if OmegaConf.is_config(params) else {}
-        resolved = {
-            k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in cfg
-            if k != "hydra"
-        }
-        return {**resolved, "_sweep_params": sweeper}
-
-
 def _choices(spec: str) -> list[str] | None:
     """Values of a sweeper parameter: 'a,b' or 'choice(a, b)'; None for ranges / intervals (Optuna)."""
     spec = str(spec).strip()

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from neuromf.config_compose import CONF_DIR
 from neuromf.config_schema import check_config
 from neuromf.data.datamodule import datamodule_for_run
 from neuromf.data.encoders import EncoderError
@@ -57,7 +58,6 @@ from neuromf.training.resume_guard import RunRecordInCheckpoint, config_changes,
 
 log = logging.getLogger("neuromf.train")
 install_log_redaction()  # every log line of a run or a sweep's launcher: URL passwords and secrets masked
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def build_module(cfg: DictConfig) -> MeanFlowModule:

@@ -46,11 +46,11 @@ def check_maisi_unet(path: str, overrides: list[str], modality: int | None, spac
     ``init.maisi_checkpoint`` does at the start of a run). -> one-line summary."""
     from hydra import compose, initialize_config_dir
 
+    from neuromf.config_compose import CONF_DIR
     from neuromf.instantiate import build
     from neuromf.models.maisi_init import init_from_maisi, read_maisi_checkpoint
 
-    conf = str(Path(__file__).resolve().parent.parent / "conf")
-    with initialize_config_dir(config_dir=conf):
+    with initialize_config_dir(config_dir=CONF_DIR):
         cfg = compose(config_name="train", overrides=["model=maisi_mr", *overrides])
     state, _ = read_maisi_checkpoint(path)
     folded = []

@@ -254,12 +254,13 @@ def test_reference_levels_confound_and_gallery(tmp_path):
     # x (mean 0.605) is worse than the collapsed level 0.3: flagged although it closes 42% of the gap; u (0.105) not
     assert "⚠ arm model.prediction_type=x: the objective (0.605) is no better than a collapsed sampler's (0.3" in md
     assert "closes 42% of the noise -> real gap" in md and "arm model.prediction_type=u: the objective" not in md
-    # confound: the label varies one key, three resolved keys differ
+    # confound: the label varies one key, three resolved keys differ; composing the labels sets only that key
     assert list(res["config_diff"].index) == ["loss.time_sampler.data_proportion", "model.prediction_type",
                                               "model.use_v_head"]  # fmt: skip
     assert (
-        "⚠ the arm label varies model.prediction_type but 3 resolved keys differ between the arms: "
-        "loss.time_sampler.data_proportion, model.prediction_type, model.use_v_head." in md
+        "⚠ the arm label varies model.prediction_type but 2 resolved keys differ between the arms that it does not "
+        "set: loss.time_sampler.data_proportion, model.use_v_head. Each may explain a difference (a confound). "
+        "The arm label model.prediction_type resolves to: model.prediction_type." in md
     )
     # gallery: per arm the smallest and the largest step count (1, 10; not 2), captioned, and the real volume
     for arm in ("model.prediction_type=u", "model.prediction_type=x"):
@@ -302,3 +303,63 @@ def test_sections_are_a_registry():
 
     names = [n for n, _ in SECTIONS]
     assert len(names) == len(set(names)) and all(callable(m.blocks) for _, m in SECTIONS)
+
+
+def _group_arms(sd: Path, labels: list[str], budget: bool, steps: list[int], extra: dict | None = None) -> None:
+    """One run per ``loss=<name>`` label with its config composed by Hydra (as neuromf.train writes it), then the
+    step count a budget gives it (``steps``) and, for the first arm, the ``extra`` {section: {key: value}}."""
+    from neuromf.config_compose import compose
+
+    for job, (name, n) in enumerate(zip(labels, steps, strict=True)):
+        run = sd / str(job)
+        make_run(run, "x", 0, 0.5 + 0.1 * job)
+        overrides = [f"loss={name}", "seed=0"]
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        cfg = {k: v for k, v in compose(overrides).items() if k != "_sweep_params"}
+        cfg["budget"]["fm_steps"] = 300 if budget else None
+        cfg["trainer"] |= {"max_steps": n, "val_check_interval": n}
+        for section, values in (extra or {}).items() if job == 0 else ():
+            cfg[section] |= values
+        _config(run, cfg)
+        _status(run, overrides=overrides)
+
+
+def test_group_keys_and_budget_steps_are_not_confounds(tmp_path):
+    """loss=fm vs loss=imf at equal compute: the loss keys and model.use_v_head (set by conf/loss/fm.yaml outside
+    the loss package) come from the label, trainer.max_steps / val_check_interval from the budget: no warning."""
+    sd = tmp_path / "s"
+    _group_arms(sd, ["fm", "imf"], budget=True, steps=[300, 180])
+    build_report([sd], real=False)
+    md = (sd / "report" / "report.md").read_text()
+    line = next(x for x in md.splitlines() if "The arm label loss resolves to:" in x)
+    assert "model.use_v_head" in line and "loss._target_" in line and "a confound" not in md
+    assert line.endswith(
+        "Set by the equal-compute budget (each arm's step count for the same training FLOPs, in its budget.json): "
+        "trainer.max_steps, trainer.val_check_interval."
+    )
+
+
+def test_step_counts_without_a_budget_and_edited_keys_are_confounds(tmp_path):
+    """Without a budget a different trainer.max_steps is not explained; nor is an optimiser key the label does not
+    set (a hand-edited config)."""
+    sd = tmp_path / "s"
+    _group_arms(sd, ["fm", "imf"], budget=False, steps=[300, 180], extra={"optim": {"lr": 1.0}})
+    build_report([sd], real=False)
+    md = (sd / "report" / "report.md").read_text()
+    assert (
+        "⚠ the arm label varies loss but 3 resolved keys differ between the arms that it does not set: optim.lr, "
+        "trainer.max_steps, trainer.val_check_interval. Each may explain a difference (a confound)." in md
+    )
+    assert "equal-compute budget" not in md
+
+
+def test_labels_that_no_longer_compose_leave_every_difference_open(tmp_path):
+    """A run whose label names a loss the conf/ no longer has: the cause of no key is known, each is listed."""
+    sd = tmp_path / "s"
+    _group_arms(sd, ["fm", "imf"], budget=False, steps=[300, 300])
+    (sd / "1" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["loss=retired", "seed=0"]))
+    build_report([sd], real=False)
+    md = (sd / "report" / "report.md").read_text()
+    line = next(x for x in md.splitlines() if "the arm label varies loss but" in x)
+    assert "resolved keys differ between the arms: " in line and "model.use_v_head" in line
+    assert "that it does not set" not in line
