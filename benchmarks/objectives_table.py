@@ -1,6 +1,6 @@
 """The per-objective table of a `sweep=objectives` sweep dir (README, One-step objectives).
 
-    python benchmarks/objectives_table.py SWEEP_DIR [SWEEP_DIR ...] [--two-mode] [--out table.md]
+    python benchmarks/objectives_table.py SWEEP_DIR [SWEEP_DIR ...] [--two-mode] [--curve] [--out table.md]
 
 For every `loss=` arm (runs pooled over their seeds; with several sweep dirs, an override that not every run shares
 is part of the arm's name, e.g. `fm loss.time_sampler.distribution=uniform`): the steps its equal-compute budget
@@ -10,7 +10,9 @@ over samples), against the data's reference levels (real floor, collapsed: one v
 values, and 1-step recall / coverage. With --two-mode (a sweep on benchmarks/mode_balance.py's two-mode store,
 `--write-store`): the 1- and 4-step minority share of 64 samples from fixed noise, drawn here from each run's final
 EMA weights (checkpoints/last.ckpt) with the objective's sampler and assigned to the nearer template, as
-mode_balance.py does.
+mode_balance.py does. A RUN_DIR (a single run, e.g. `experiment=demo_long`) stands for a sweep of one run. With
+--curve, a second table: per run, its budget and the 1-step objective with its evaluation interval at every
+validation (eval/summary.json's history), each marked where the interval lies wholly below the collapsed level.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ KEY = "val/feat3d_fd"
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
+    """The runs of a sweep dir (its numbered job dirs), or the dir itself when it is one run."""
+    if RunDir(sweep_dir).overrides.is_file():
+        return [sweep_dir]
     return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name))
 
 
@@ -81,6 +86,12 @@ def read_run(run: Path, two_mode: bool) -> dict | None:
     for nfe in (1, 2, 4, 10, 50):
         row[f"fd{nfe}"] = last.get(f"{KEY}/nfe{nfe}")
     row["lo1"], row["hi1"] = last.get(f"{KEY}/nfe1_ci_lo"), last.get(f"{KEY}/nfe1_ci_hi")
+    row["budget_fm_steps"] = budget.get("budget_fm_steps")
+    row["history"] = [
+        (h["step"], h[f"{KEY}/nfe1"], h.get(f"{KEY}/nfe1_ci_lo"), h.get(f"{KEY}/nfe1_ci_hi"))
+        for h in summary.get("history") or []
+        if h.get(f"{KEY}/nfe1") is not None
+    ]
     for m in ("recall", "coverage"):
         row[f"{m}1"] = last.get(f"val/{m}/nfe1")
     if two_mode:
@@ -150,16 +161,36 @@ def table(rows: list[dict], two_mode: bool) -> str:
     return "\n".join(lines)
 
 
+def curve(rows: list[dict]) -> str:
+    """Per run: budget, steps and the 1-step objective [evaluation interval] at each validation; '*' marks an
+    interval wholly below the collapsed level."""
+    lines = ["| loss= | seed | budget (FM steps) | steps | 1-step FD at each validation: step value [eval 95 % CI] |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["loss"], r["budget_fm_steps"] or 0, r["seed"])):
+        cells = [
+            f"{step}: {v:.3f}"
+            + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+            + ("*" if hi is not None and hi < r["ref_collapsed"] else "")
+            for step, v, lo, hi in r["history"]
+        ]
+        budget = "n/a" if r["budget_fm_steps"] is None else f"{r['budget_fm_steps']:g}"
+        lines.append(f"| {r['loss']} | {r['seed']} | {budget} | {r['steps']} | {'; '.join(cells) or 'n/a'} |")
+    lines.append("")
+    lines.append("'*': the evaluation interval lies wholly below the collapsed level.")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep_dirs", type=Path, nargs="+")
     p.add_argument("--two-mode", action="store_true", help="also the minority shares (two-mode store sweeps)")
+    p.add_argument("--curve", action="store_true", help="also each run's 1-step objective at every validation")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     p.add_argument("--json", type=Path, default=None, help="also write the per-run rows here")
     a = p.parse_args(argv)
     for sd in a.sweep_dirs:
         if not sd.is_dir():
-            print(f"error: {sd}: not a sweep dir", file=sys.stderr)
+            print(f"error: {sd}: not a sweep dir or a run dir", file=sys.stderr)
             return 2
     rows = [r for sd in a.sweep_dirs for run in run_dirs(sd) if (r := read_run(run, a.two_mode)) is not None]
     if not rows:
@@ -167,7 +198,7 @@ def main(argv=None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     name_arms(rows)
-    text = table(rows, a.two_mode)
+    text = table(rows, a.two_mode) + ("\n\n" + curve(rows) if a.curve else "")
     print(text)
     if a.out:
         a.out.write_text(text + "\n")

@@ -84,3 +84,30 @@ def test_the_two_mode_data_as_a_latent_store(tmp_path):
         assert rows[i]["subject"] == f"m{int(labels[i])}-{i:04d}"
     with pytest.raises(FileExistsError):
         mb.write_store(out)
+
+
+def test_single_run_dirs_and_the_curve_of_each_run(tmp_path):
+    """A run dir stands for a sweep of one run; --curve lists each validation's 1-step value, '*' where its
+    interval lies wholly below the collapsed level (1.6)."""
+    for name, budget, hist in (
+        ("long", 3000, [(10, 1.7, 1.65, 1.75), (20, 1.5, 1.45, 1.59)]),
+        ("short", 1500, [(5, 1.62, 1.55, 1.70)]),
+    ):
+        run = tmp_path / name
+        make_run(run, "alphaflow", 0, hist[-1][1], hist[-1][2:], 20, extra=[f"budget.fm_steps={budget}"])
+        summary = json.loads((run / "eval" / "summary.json").read_text())
+        summary["history"] = [{"step": s, "val/feat3d_fd/nfe1": v, "val/feat3d_fd/nfe1_ci_lo": lo,
+                               "val/feat3d_fd/nfe1_ci_hi": hi} for s, v, lo, hi in hist]  # fmt: skip
+        (run / "eval" / "summary.json").write_text(json.dumps(summary))
+        budget_json = json.loads((run / "budget.json").read_text()) | {"budget_fm_steps": budget}
+        (run / "budget.json").write_text(json.dumps(budget_json))
+    out = tmp_path / "t.md"
+    assert table_mod.main([str(tmp_path / "long"), str(tmp_path / "short"), "--curve", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| alphaflow")]
+    # the main table, ranked by the final 1-step value: 1.5 (its interval clears 1.6), then 1.62
+    assert rows[0].startswith("| alphaflow budget.fm_steps=3000 | 1 | 20 |") and "| 1 of 1 seeds |" in rows[0]
+    assert rows[1].startswith("| alphaflow budget.fm_steps=1500 | 1 | 20 |") and "| 0 of 1 seeds |" in rows[1]
+    assert rows[2] == "| alphaflow budget.fm_steps=1500 | 0 | 1500 | 20 | 5: 1.620 [1.550, 1.700] |"
+    assert rows[3] == (
+        "| alphaflow budget.fm_steps=3000 | 0 | 3000 | 20 | 10: 1.700 [1.650, 1.750]; 20: 1.500 [1.450, 1.590]* |"
+    )
